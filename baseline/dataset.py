@@ -1,0 +1,228 @@
+"""Pretraining shards: listing, train/val split, reading, hashing and downloading.
+
+A data directory holds nanochat's parquet shards `shard_{i:05d}.parquet` (one string column
+`text`). Files are taken in name order and the **last file is the validation split**, all the
+others the train split (nanochat/dataset.py, dataloader.py). The real corpus is ClimbMix,
+repacked by Karpathy as the HF dataset `karpathy/climbmix-400b-shuffle` (shards 0..6542);
+`download_shards` fetches any subset of it plus the val shard 6542, resumably and verified:
+
+    speedrun data download --num-shards 170 --data-dir DIR
+"""
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import requests
+from tqdm import tqdm
+
+BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+NUM_SHARDS = 6543
+VAL_SHARD = NUM_SHARDS - 1  # the last shard of the corpus is its val split, as in nanochat
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+_CHUNK_BYTES = 1 << 16  # small, so that a broken transfer loses little of what arrived
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+def list_shards(data_dir: str | os.PathLike) -> list[Path]:
+    """All parquet shards of `data_dir`, sorted by name."""
+    data_dir = Path(data_dir)
+    files = sorted(data_dir.glob("*.parquet")) if data_dir.is_dir() else []
+    if not files:
+        raise FileNotFoundError(
+            f"no parquet shards in {data_dir}: download with `speedrun data download` or pass --data-dir"
+        )
+    return files
+
+
+def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The shards of one split: 'val' is the last file, 'train' all the others."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
+    files = list_shards(data_dir)
+    if len(files) < 2:
+        raise ValueError(
+            f"only {len(files)} parquet shard in {data_dir}: need at least 2 (the last one is the val "
+            "split); download more with `speedrun data download`"
+        )
+    return files[-1:] if split == "val" else files[:-1]
+
+
+class Shard:
+    """One parquet shard, read row group by row group; a damaged file fails naming itself."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self._file = pq.ParquetFile(self.path)
+        except Exception as e:  # pyarrow raises several unrelated types for a bad file
+            raise ValueError(f"cannot read shard {self.path}: {e}; delete it and download it again") from e
+        if "text" not in self._file.schema_arrow.names:
+            raise ValueError(f"shard {self.path} has no 'text' column: not a pretraining shard")
+        self.num_row_groups = self._file.num_row_groups
+
+    def texts(self, rg_idx: int) -> list[str]:
+        try:
+            return self._file.read_row_group(rg_idx, columns=["text"]).column("text").to_pylist()
+        except Exception as e:
+            raise ValueError(
+                f"cannot read row group {rg_idx} of shard {self.path}: {e}; delete it and download it again"
+            ) from e
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(files: Iterable[str | os.PathLike]) -> str:
+    """sha256 over the sorted `name sha256` lines of the files: the content of a set of shards.
+
+    Names are part of it because the split and the stream order follow the names.
+    """
+    lines = sorted(f"{Path(p).name} {file_sha256(p)}\n" for p in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict[str, dict]:
+    """`{shard name: {"size", "sha256"}}` recorded in the data dir's manifest ({} if none)."""
+    path = Path(data_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("shards", {})
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a JSON object: fix or delete it") from e
+
+
+def _record_in_manifest(data_dir: Path, name: str, size: int, sha256: str) -> None:
+    # Other keys of an existing manifest (e.g. provenance of a hand-made corpus) are kept.
+    path = data_dir / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.setdefault("shards", {})[name] = {"size": size, "sha256": sha256}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class _Downloader:
+    """Fetches shards into one directory; safe to call from several threads."""
+
+    def __init__(self, data_dir: Path, base_url: str, retries: int, backoff_s: float, timeout_s: float, bar):
+        self.data_dir, self.base_url = data_dir, base_url.rstrip("/")
+        self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
+        self.bar = bar
+        self.expected = read_manifest(data_dir)
+        self.lock = threading.Lock()
+        self.sized: set[str] = set()
+
+    def fetch(self, index: int) -> Path:
+        name = shard_name(index)
+        dest = self.data_dir / name
+        expected_sha = self.expected.get(name, {}).get("sha256")
+        if dest.exists():
+            sha = file_sha256(dest)
+            if expected_sha in (None, sha):
+                self._record(name, dest.stat().st_size, sha)
+                return dest
+            dest.unlink()  # a stale or damaged copy: fetch it again
+        tmp = dest.with_name(name + ".tmp")
+        attempt = 1
+        while True:
+            try:
+                size = self._transfer(f"{self.base_url}/{name}", tmp)
+                sha = file_sha256(tmp)
+                if expected_sha not in (None, sha):
+                    tmp.unlink()
+                    raise ValueError(f"sha256 of {name} is {sha}, {MANIFEST} says {expected_sha}")
+                os.replace(tmp, dest)
+                self._record(name, size, sha)
+                return dest
+            except (OSError, requests.RequestException, ValueError) as e:
+                if attempt >= self.retries:
+                    raise RuntimeError(
+                        f"download of {name} failed after {attempt} attempts ({e}); check the network "
+                        f"and run again (partial downloads resume), or fix {self.data_dir / MANIFEST}"
+                    ) from e
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                attempt += 1
+
+    def _transfer(self, url: str, tmp: Path) -> int:
+        """Continue `tmp` from its current size with an HTTP Range request; return the full size."""
+        offset = tmp.stat().st_size if tmp.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with requests.get(url, headers=headers, stream=True, timeout=self.timeout_s) as r:
+            if r.status_code == 416:
+                # Nothing left to send: either the partial file is already complete (killed just
+                # before the rename) or it is longer than the file, then start over.
+                if r.headers.get("Content-Range", "").endswith(f"/{offset}"):
+                    return offset
+                tmp.unlink()
+                raise OSError(f"server refused to resume {url} at byte {offset}")
+            r.raise_for_status()
+            if r.status_code == 206:
+                total = int(r.headers["Content-Range"].rsplit("/", 1)[1])
+            else:  # 200: the server sent the whole file (it may not support ranges)
+                offset = 0
+                total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
+            with self.lock:  # the bar counts the bytes still to fetch, each file's once
+                if total is not None and url not in self.sized:
+                    self.sized.add(url)
+                    self.bar.total = (self.bar.total or 0) + total - offset
+                    self.bar.refresh()
+            with open(tmp, "ab" if offset else "wb") as f:
+                for chunk in r.iter_content(_CHUNK_BYTES):
+                    f.write(chunk)
+                    with self.lock:
+                        self.bar.update(len(chunk))
+        size = tmp.stat().st_size
+        if total is not None and size != total:
+            raise OSError(f"{url} ended at byte {size} of {total}")
+        return size
+
+    def _record(self, name: str, size: int, sha256: str) -> None:
+        with self.lock:
+            _record_in_manifest(self.data_dir, name, size, sha256)
+
+
+def download_shards(
+    indices: Iterable[int],
+    data_dir: str | os.PathLike,
+    *,
+    base_url: str = BASE_URL,
+    workers: int = 4,
+    retries: int = 5,
+    backoff_s: float = 2.0,
+    timeout_s: float = 60.0,
+    progress: bool = True,
+) -> list[Path]:
+    """Download the given shards and always the val shard 6542 into `data_dir`; return their paths.
+
+    Each file goes to `NAME.tmp` first and is renamed once complete, so an interrupted run leaves
+    no truncated shard; the next run continues the `.tmp` with a Range request. The size is
+    checked against Content-Length; the sha256 of every shard is recorded in `manifest.json`,
+    and if the manifest already names a sha256 for a shard the file must match it.
+    """
+    wanted = sorted(set(indices) | {VAL_SHARD})
+    bad = [i for i in wanted if not 0 <= i < NUM_SHARDS]
+    if bad:
+        raise ValueError(f"shard indices {bad} out of range: ClimbMix has shards 0..{NUM_SHARDS - 1}")
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(unit="B", unit_scale=True, desc="shards", disable=not progress) as bar:
+        downloader = _Downloader(data_dir, base_url, retries, backoff_s, timeout_s, bar)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(downloader.fetch, wanted))

@@ -1,0 +1,45 @@
+"""The named hook points where a plug-in meets the frozen trainer; every default is the baseline.
+
+The trainer calls only these, so a submission never edits `baseline/train.py`:
+- `build_optimizer(model, plan, compute_dtype)` -> a torch optimizer over every trainable parameter;
+- `build_schedule(plan)` -> an object with `lr_multiplier(step)`, `muon_momentum(step)` and
+  `muon_weight_decay(step)` (see `baseline.schedule.Schedule`);
+- `kernels`: replacement implementations of the model's named operations (`baseline.kernels`).
+The written contract and its checks are in the submissions package.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from baseline.kernels import Kernels
+from baseline.optim import MuonAdamW, build_param_groups
+from baseline.schedule import Schedule
+
+
+def baseline_optimizer(model, plan, compute_dtype: torch.dtype) -> torch.optim.Optimizer:
+    return MuonAdamW(build_param_groups(model, **plan.optimizer_kwargs()), compute_dtype=compute_dtype)
+
+
+def baseline_schedule(plan) -> Schedule:
+    return plan.schedule()
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, schedule, step: int) -> float:
+    """Set every group's lr (and Muon momentum / weight decay) for `step`; returns the lr multiplier."""
+    lrm = schedule.lr_multiplier(step)
+    momentum, weight_decay = schedule.muon_momentum(step), schedule.muon_weight_decay(step)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lrm
+        if group.get("kind") == "muon":
+            group["momentum"] = momentum
+            group["weight_decay"] = weight_decay
+    return lrm
+
+
+@dataclass(frozen=True)
+class Hooks:
+    build_optimizer: Callable[..., torch.optim.Optimizer] = baseline_optimizer
+    build_schedule: Callable[..., object] = baseline_schedule
+    kernels: Kernels = field(default_factory=Kernels)

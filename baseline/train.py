@@ -1,0 +1,291 @@
+"""The frozen training loop: nanochat's base_train, one process or many (`torchrun`), CPU or CUDA.
+
+Run it through the CLI: `speedrun train --depth 4 --data-dir ../shared/data/pretrain --tokenizer DIR`
+(or `torchrun --nproc_per_node=N -m harness.cli train ...`). Everything a plug-in may change comes
+in through `baseline.hooks.Hooks`; nothing here needs editing for a submission.
+
+Timing follows nanochat exactly (fact sheet §8): a step's dt runs from a device synchronize before
+its first micro-step to one after `loss.item()`, and includes fetching the next batch, the schedule
+update and the optimizer step (all communication included). train_time_s = Σ dt over steps with
+index > 10, so compile warm-up is excluded; val-bpb evals, checkpoints, logging and set-up are
+outside every dt and reported separately. Each step's dt is the MAX over ranks, so every rank
+reports the same seconds.
+"""
+
+import gc
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from baseline.checkpoint import (
+    build_model,
+    latest_checkpoint,
+    load_optimizer_state,
+    load_state_into,
+    load_weights,
+    read_meta,
+    save_checkpoint,
+)
+from baseline.config import TrainConfig, plan_training
+from baseline.device import Runtime, max_across_ranks, peak_flops, sum_across_ranks, synchronize
+from baseline.hooks import Hooks, apply_schedule
+from baseline.loader import bos_bestfit_batches
+from baseline.tokenizer import Tokenizer
+
+UNTIMED_STEPS = 11  # steps 0..10 carry compile warm-up; nanochat sums dt only for step > 10
+EMA_BETA = 0.9  # smoothing of the logged train loss (debiased), as nanochat logs it
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" | "stopped" (stop_after_step reached) | "diverged"
+    step: int  # optimizer steps taken
+    num_iterations: int
+    train_time_s: float  # the timed seconds (Σ dt, step > 10)
+    warmup_time_s: float = 0.0  # Σ dt of steps 0..10 (compile warm-up), untimed
+    setup_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    checkpoint_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    final_loss: float = float("nan")
+    val_bpb: float | None = None
+    min_val_bpb: float | None = None
+    tokens_per_s: float = 0.0  # median of steady-state steps
+    mfu: float = 0.0
+    checkpoint: str | None = None
+    val_bpb_history: list = field(default_factory=list)
+
+
+class EventLog:
+    """One JSON object per line; only rank 0 writes. Appends, so a resumed run continues the file."""
+
+    def __init__(self, path: Path | None):
+        self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115 -- lives for the run
+
+    def write(self, **event):
+        if self.file:
+            self.file.write(json.dumps(event) + "\n")
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+def train(
+    config: TrainConfig,
+    runtime: Runtime,
+    *,
+    data_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    hooks: Hooks | None = None,
+    resume: bool = False,
+    stop_after_step: int | None = None,
+    val_bpb_fn: Callable[[torch.nn.Module, int], float] | None = None,
+    batches: Callable[[dict | None], Iterator] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train from scratch (or resume from the latest checkpoint in out_dir/checkpoints) and return the result.
+
+    val_bpb_fn(model, step) -> bpb is called every `eval_every` steps and at the end (untimed); the
+    harness supplies the frozen eval. stop_after_step ends the run early without changing the
+    schedule (smoke runs, resume tests). batches(resume_state) replaces the frozen data loader
+    (tests and benchmarks only: it must yield (inputs, targets, state) like the loader).
+    """
+    wall_start = time.perf_counter()
+    hooks = hooks or Hooks()
+    out_dir = Path(out_dir)
+    checkpoints_dir = out_dir / "checkpoints"
+    master = runtime.is_master
+    device = runtime.device
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    say = log if master else (lambda _msg: None)
+
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    if config.vocab_size != tokenizer.vocab_size:
+        config = TrainConfig(**{**asdict(config), "vocab_size": tokenizer.vocab_size})
+    plan = plan_training(config, runtime.world_size)
+    model = build_model(plan.model_config, device, runtime.compute_dtype, hooks.kernels)
+    optimizer = hooks.build_optimizer(model, plan, runtime.compute_dtype)
+    schedule = hooks.build_schedule(plan)
+
+    start_step, loop_state, loader_state = 0, {}, None
+    if resume and (ckpt := latest_checkpoint(checkpoints_dir)) is not None:
+        meta = read_meta(ckpt)
+        if meta["model_config"] != plan.model_config.to_dict():
+            raise ValueError(f"{ckpt} holds a different model ({meta['model_config']}): resume with its config")
+        load_state_into(model, load_weights(ckpt))
+        load_optimizer_state(ckpt, optimizer, runtime.rank)
+        start_step, loop_state = meta["step"], meta["loop_state"]
+        loader_state = meta["loader_state"][runtime.rank]
+        say(f"resuming from {ckpt} at step {start_step}")
+
+    compile_model = config.compile if config.compile is not None else device.type == "cuda"
+    step_model = torch.compile(model, dynamic=False) if compile_model else model
+    if batches is not None:
+        loader = batches(loader_state)
+    else:
+        loader = bos_bestfit_batches(
+            tokenizer,
+            config.device_batch_size,
+            config.max_seq_len,
+            "train",
+            data_dir,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            device=device,
+            resume_state=loader_state,
+        )
+    x, y, loader_state = next(loader)  # untimed, like nanochat's first fetch
+
+    events = EventLog(out_dir / "events.jsonl" if master else None)
+    num_iterations, grad_accum = plan.num_iterations, plan.grad_accum_steps
+    batch_tokens = plan.total_batch_size
+    flops_per_step = plan.flops_per_token * batch_tokens
+    peak = peak_flops(device) * runtime.world_size
+    result = TrainResult(
+        status="completed",
+        step=start_step,
+        num_iterations=num_iterations,
+        train_time_s=loop_state.get("train_time_s", 0.0),
+        warmup_time_s=loop_state.get("warmup_time_s", 0.0),
+        min_val_bpb=loop_state.get("min_val_bpb"),
+    )
+    smooth_loss = loop_state.get("smooth_loss", 0.0)
+    steady_tokens_per_s = []
+    result.setup_time_s = time.perf_counter() - wall_start
+    say(
+        f"training d{config.depth}: {plan.model_config.n_embd} wide, {num_iterations} steps of {batch_tokens:,} "
+        f"tokens ({grad_accum} micro-steps x {runtime.world_size} ranks), {plan.flops_per_token:.3e} FLOPs/token"
+    )
+
+    def save(step: int):
+        t0 = time.perf_counter()
+        meta = {
+            "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
+            "train_config": asdict(config),
+            "plan": plan.to_dict(),
+            "loader_state": _gather_states(loader_state, runtime),
+            "loop_state": {
+                "train_time_s": result.train_time_s,
+                "warmup_time_s": result.warmup_time_s,
+                "smooth_loss": smooth_loss,
+                "min_val_bpb": result.min_val_bpb,
+            },
+            "val_bpb": result.val_bpb,
+        }
+        path = save_checkpoint(checkpoints_dir, step, model, optimizer, meta, runtime.rank)
+        result.checkpoint = str(path)
+        result.checkpoint_time_s += time.perf_counter() - t0
+
+    step = start_step
+    while True:
+        last = step == num_iterations
+        if val_bpb_fn is not None and (last or (config.eval_every > 0 and step % config.eval_every == 0)):
+            t0 = time.perf_counter()
+            model.eval()
+            with torch.no_grad():
+                bpb = val_bpb_fn(step_model, step)
+            model.train()
+            result.val_bpb = bpb
+            result.min_val_bpb = bpb if result.min_val_bpb is None else min(result.min_val_bpb, bpb)
+            result.val_bpb_history.append((step, bpb))
+            events.write(event="val", step=step, val_bpb=bpb)
+            say(f"step {step:05d} | val bpb {bpb:.6f}")
+            result.eval_time_s += time.perf_counter() - t0
+        save_now = step != start_step and (last or (config.save_every > 0 and step % config.save_every == 0))
+        if save_now:
+            save(step)
+        if last or (stop_after_step is not None and step >= stop_after_step):
+            if not last:
+                result.status = "stopped"
+                if not save_now:
+                    save(step)
+            break
+
+        # ---------------------------------------------------------------- one timed step
+        synchronize(device)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(grad_accum):
+            loss = step_model(x, y)
+            loss_sum += loss.detach()
+            (loss / grad_accum).backward()
+            x, y, loader_state = next(loader)
+        lrm = apply_schedule(optimizer, schedule, step)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+        loss_value = loss_sum.item() / grad_accum
+        synchronize(device)
+        dt = max_across_ranks(time.perf_counter() - t0, device)
+        # The logged loss is the mean over the whole step's batch, every micro-step of every rank
+        # (nanochat logs rank 0's last micro-step); averaged after the clock stopped.
+        loss_value = sum_across_ranks(loss_value, device) / runtime.world_size
+        # ----------------------------------------------------------------
+
+        if step < UNTIMED_STEPS:
+            result.warmup_time_s += dt
+        else:
+            result.train_time_s += dt
+        smooth_loss = EMA_BETA * smooth_loss + (1 - EMA_BETA) * loss_value
+        debiased = smooth_loss / (1 - EMA_BETA ** (step + 1))
+        tokens_per_s = batch_tokens / dt
+        mfu = 100 * flops_per_step / dt / peak
+        if step >= UNTIMED_STEPS:
+            steady_tokens_per_s.append(tokens_per_s)
+        events.write(
+            event="step",
+            step=step,
+            loss=loss_value,
+            smooth_loss=debiased,
+            lr_multiplier=lrm,
+            dt_s=dt,
+            tokens_per_s=tokens_per_s,
+            mfu=mfu,
+            train_time_s=result.train_time_s,
+        )
+        say(
+            f"step {step:05d}/{num_iterations} | loss {debiased:.6f} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms "
+            f"| tok/s {tokens_per_s:,.0f} | mfu {mfu:.2f} | time {result.train_time_s / 60:.2f}m"
+        )
+        step += 1
+        result.step, result.final_loss = step, loss_value
+        if not math.isfinite(loss_value):
+            result.status = "diverged"
+            say(f"loss is {loss_value} at step {step - 1}: the run diverged, stopping")
+            events.write(event="diverged", step=step - 1, loss=loss_value)
+            break
+        # Python's GC walks every tensor; nanochat freezes it after the first step and collects rarely.
+        if step == 1:
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+        elif step % 5000 == 0:
+            gc.collect()
+
+    gc.enable()
+    if steady_tokens_per_s:
+        steady_tokens_per_s.sort()
+        result.tokens_per_s = steady_tokens_per_s[len(steady_tokens_per_s) // 2]
+        result.mfu = 100 * result.tokens_per_s * plan.flops_per_token / peak
+    result.wall_time_s = time.perf_counter() - wall_start
+    events.write(event="end", **{k: v for k, v in asdict(result).items() if k != "val_bpb_history"})
+    events.close()
+    return result
+
+
+def _gather_states(state: dict, runtime: Runtime) -> list[dict]:
+    """Every rank's loader state, so each rank resumes its own shard of the stream."""
+    if not runtime.is_distributed:
+        return [state]
+    import torch.distributed as dist
+
+    states = [None] * runtime.world_size
+    dist.all_gather_object(states, state)
+    return states

@@ -1,0 +1,130 @@
+"""The `speedrun` command line.
+
+    speedrun config --depth 24 --target-param-data-ratio 8     # every derived hyperparameter
+    speedrun data download --num-shards 8 --data-dir DIR        # ClimbMix shards (+ the val shard)
+    speedrun tokenizer train --data-dir DIR --out DIR           # BPE tokenizer (rustbpe -> tiktoken)
+    speedrun train --depth 4 --data-dir DIR --tokenizer DIR     # the frozen baseline trainer
+    speedrun eval --checkpoint DIR --core --bpb                 # CORE / bits per byte
+
+`train` runs the same under `torchrun --nproc_per_node=N -m harness.cli train ...`.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from baseline import config as train_config
+
+
+def _config(args):
+    plan = train_config.plan_training(train_config.from_args(args), args.world_size)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else train_config.describe(plan))
+
+
+def _data_download(args):
+    from baseline.dataset import download_shards
+
+    download_shards(range(args.num_shards), args.data_dir)
+
+
+def _tokenizer_train(args):
+    from baseline.tokenizer import train_from_shards
+
+    tok = train_from_shards(args.data_dir, args.out, args.vocab_size, args.max_chars, args.doc_cap)
+    print(f"tokenizer with {tok.vocab_size} tokens written to {args.out}")
+
+
+def _train(args):
+    from baseline.device import destroy_runtime, init_runtime
+    from baseline.train import train
+    from eval.bpb import val_bpb_evaluator
+
+    config = train_config.from_args(args)
+    runtime = init_runtime(args.device, seed=config.seed)
+    try:
+        val_bpb = val_bpb_evaluator(
+            args.tokenizer, args.data_dir, config.device_batch_size, config.max_seq_len, config.eval_tokens, runtime
+        )
+        result = train(
+            config,
+            runtime,
+            data_dir=args.data_dir,
+            tokenizer_dir=args.tokenizer,
+            out_dir=args.out,
+            resume=args.resume,
+            stop_after_step=args.max_steps,
+            val_bpb_fn=val_bpb,
+        )
+        if runtime.is_master:
+            print(
+                f"{result.status}: {result.step} steps, train_time {result.train_time_s:.2f}s, "
+                f"val bpb {result.val_bpb}, {result.tokens_per_s:,.0f} tok/s"
+            )
+    finally:
+        destroy_runtime()
+    if result.status == "diverged":
+        sys.exit(3)
+
+
+def _eval(args):
+    from eval.run import main as eval_main
+
+    eval_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speedrun", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("config", help="print every hyperparameter derived from --depth")
+    train_config.add_arguments(p)
+    p.add_argument("--world-size", type=int, default=1, help="number of ranks (for gradient accumulation)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_config)
+
+    data = sub.add_parser("data", help="pretraining shards").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("download", help="download ClimbMix shards 0..N-1 and the val shard, with resume")
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.set_defaults(func=_data_download)
+
+    tok = sub.add_parser("tokenizer", help="BPE tokenizer").add_subparsers(dest="tok_command", required=True)
+    p = tok.add_parser("train", help="train a tokenizer on the train split of the shards")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="tokenizer directory to write")
+    p.add_argument("--vocab-size", type=int, default=32768)
+    p.add_argument("--max-chars", type=int, default=2_000_000_000, help="training text budget (characters)")
+    p.add_argument("--doc-cap", type=int, default=10_000, help="characters kept of each document")
+    p.set_defaults(func=_tokenizer_train)
+
+    p = sub.add_parser("train", help="train the frozen baseline (one process, or under torchrun)")
+    train_config.add_arguments(p)
+    p.add_argument("--data-dir", type=Path, required=True, help="directory of parquet shards (last = val)")
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory")
+    p.add_argument("--out", type=Path, default=Path("out/train"), help="events and checkpoints go here")
+    p.add_argument("--device", choices=["cuda", "cpu", "mps"], default=None, help="default: autodetect")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this step (schedule unchanged)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="CORE and bits per byte of a checkpoint")
+    from eval.run import add_arguments as add_eval_arguments
+
+    add_eval_arguments(p)
+    p.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input: one line that names the problem and the fix, no traceback.
+        print(f"speedrun: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
