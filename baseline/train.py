@@ -81,7 +81,7 @@ def train(
     runtime: Runtime,
     *,
     data_dir: str | Path,
-    tokenizer_dir: str | Path,
+    tokenizer_dir: str | Path | None,
     out_dir: str | Path,
     hooks: Hooks | None = None,
     resume: bool = False,
@@ -95,7 +95,8 @@ def train(
     val_bpb_fn(model, step) -> bpb is called every `eval_every` steps and at the end (untimed); the
     harness supplies the frozen eval. stop_after_step ends the run early without changing the
     schedule (smoke runs, resume tests). batches(resume_state) replaces the frozen data loader
-    (tests and benchmarks only: it must yield (inputs, targets, state) like the loader).
+    (tests and benchmarks only: it must yield (inputs, targets, state) like the loader; with it,
+    tokenizer_dir may be None and config.vocab_size is used).
     """
     wall_start = time.perf_counter()
     hooks = hooks or Hooks()
@@ -107,8 +108,10 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
     say = log if master else (lambda _msg: None)
 
-    tokenizer = Tokenizer.load(tokenizer_dir)
-    if config.vocab_size != tokenizer.vocab_size:
+    if tokenizer_dir is None and batches is None:
+        raise ValueError("no tokenizer: pass --tokenizer DIR (write one with `speedrun tokenizer train`)")
+    tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    if tokenizer is not None and config.vocab_size != tokenizer.vocab_size:
         config = TrainConfig(**{**asdict(config), "vocab_size": tokenizer.vocab_size})
     plan = plan_training(config, runtime.world_size)
     model = build_model(plan.model_config, device, runtime.compute_dtype, hooks.kernels)
@@ -168,7 +171,7 @@ def train(
     def save(step: int):
         t0 = time.perf_counter()
         meta = {
-            "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
+            "tokenizer_dir": str(Path(tokenizer_dir).resolve()) if tokenizer_dir is not None else None,
             "train_config": asdict(config),
             "plan": plan.to_dict(),
             "loader_state": _gather_states(loader_state, runtime),
