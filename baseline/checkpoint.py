@@ -63,7 +63,12 @@ def _unflatten_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> 
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
-    return {"state": state, "param_groups": rest["param_groups"]}
+    # JSON has no tuples; hyperparameters such as betas were tuples (params stay a list of ids).
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in rest["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
 
 
 # ------------------------------------------------------------------ save / load

@@ -33,6 +33,7 @@ from baseline.checkpoint import (
 )
 from baseline.config import TrainConfig, plan_training
 from baseline.device import Runtime, max_across_ranks, peak_flops, sum_across_ranks, synchronize
+from baseline.fp8 import convert_to_fp8, disabled_fp8
 from baseline.hooks import Hooks, apply_schedule
 from baseline.loader import bos_bestfit_batches
 from baseline.tokenizer import Tokenizer
@@ -69,7 +70,8 @@ class EventLog:
 
     def write(self, **event):
         if self.file:
-            self.file.write(json.dumps(event) + "\n")
+            # Wall-clock time lets telemetry samples be matched to the timed region.
+            self.file.write(json.dumps({**event, "wall": time.time()}) + "\n")
 
     def close(self):
         if self.file:
@@ -115,6 +117,10 @@ def train(
         config = TrainConfig(**{**asdict(config), "vocab_size": tokenizer.vocab_size})
     plan = plan_training(config, runtime.world_size)
     model = build_model(plan.model_config, device, runtime.compute_dtype, hooks.kernels)
+    if config.fp8:
+        if device.type != "cuda":
+            raise ValueError("--fp8 needs a CUDA GPU with fp8 support (sm89+); drop --fp8 on this machine")
+        convert_to_fp8(model)  # same weights, fp8 matmuls; the optimizer sees the same parameters
     optimizer = hooks.build_optimizer(model, plan, runtime.compute_dtype)
     schedule = hooks.build_schedule(plan)
 
@@ -193,7 +199,7 @@ def train(
         if val_bpb_fn is not None and (last or (config.eval_every > 0 and step % config.eval_every == 0)):
             t0 = time.perf_counter()
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), disabled_fp8(model):  # evaluate in the compute dtype, as nanochat does
                 bpb = val_bpb_fn(step_model, step)
             model.train()
             result.val_bpb = bpb

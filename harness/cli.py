@@ -5,6 +5,11 @@
     speedrun tokenizer train --data-dir DIR --out DIR           # BPE tokenizer (rustbpe -> tiktoken)
     speedrun train --depth 4 --data-dir DIR --tokenizer DIR     # the frozen baseline trainer
     speedrun eval --checkpoint DIR --core --bpb                 # CORE / bits per byte
+    speedrun tracks                                             # the tracks, targets, hardware
+    speedrun run baseline --track cpu-books --seeds 3           # a full run: data, train, eval, record
+    speedrun resume RUN_ID                                      # continue a killed/preempted run
+    speedrun stats RUN...                                       # mean ± std and the record p-value
+    speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
 
 `train` runs the same under `torchrun --nproc_per_node=N -m harness.cli train ...`.
 """
@@ -73,6 +78,87 @@ def _eval(args):
     eval_main(args)
 
 
+def _tracks(args):
+    from harness.tracks import format_tracks, list_tracks
+
+    print(format_tracks(list_tracks()))
+
+
+def _seeds(args) -> list[int]:
+    return args.seed_list or list(range(args.first_seed, args.first_seed + args.seeds))
+
+
+def _run(args):
+    from harness.runner import run
+    from harness.tracks import load_track
+
+    track = load_track(args.track)
+    run_dirs = run(
+        track,
+        args.submission,
+        seeds=_seeds(args),
+        runs_dir=args.runs_dir,
+        data_dir=args.data_dir,
+        nproc=args.nproc,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        rdzv=args.rdzv_endpoint,
+        max_steps=args.max_steps,
+        unofficial=args.unofficial,
+    )
+    if len(run_dirs) > 1:
+        _print_stats(run_dirs, csv=None, json_out=args.runs_dir / f"stats-{run_dirs[0].name}.json")
+
+
+def _resume(args):
+    from harness.record import find_run
+    from harness.runner import resume
+
+    record = resume(find_run(args.run, args.runs_dir))
+    print(f"run {record['run_id']}: {record['status']}, timed {(record['timing'] or {}).get('train_time_s')}")
+
+
+def _print_stats(run_dirs, csv=None, json_out=None):
+    from harness import stats
+    from harness.record import read_record
+
+    records = [read_record(d) for d in run_dirs]
+    track = records[0]["track"]
+    if any(r["track"]["name"] != track["name"] for r in records):
+        raise ValueError("runs from different tracks cannot be pooled: pass runs of one track")
+    summary = stats.summarize(
+        records, metric=track["metric"], target=track["threshold"], higher_is_better=track["higher_is_better"]
+    )
+    print(stats.format_summary(summary))
+    if csv:
+        stats.to_csv(stats.runs_table(records), csv)
+    if json_out:
+        stats.to_json(summary, json_out)
+
+
+def _stats(args):
+    from harness.record import find_run
+
+    _print_stats([find_run(r, args.runs_dir) for r in args.runs], csv=args.csv, json_out=args.json)
+
+
+def _calibrate(args):
+    from harness.calibrate import calibrate
+    from harness.tracks import load_track
+
+    result = calibrate(load_track(args.track), _seeds(args), args.runs_dir, args.data_dir)
+    print(
+        f"{args.track}: {result['metric']} mean {result['mean']:.5f} ± {result['std']:.5f} over "
+        f"{len(result['values'])} seeds -> threshold {result['threshold']}"
+    )
+
+
+def _add_seed_arguments(p):
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (runs)")
+    p.add_argument("--first-seed", type=int, default=42, help="seeds are first-seed, first-seed+1, ...")
+    p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speedrun", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +193,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step (schedule unchanged)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("tracks", help="list the tracks with their targets and hardware")
+    p.set_defaults(func=_tracks)
+
+    p = sub.add_parser("run", help="run a submission on a track: data, tokenizer, training, eval, record")
+    p.add_argument("submission", help="'baseline', a folder name under submissions/, or a path")
+    p.add_argument("--track", required=True, help="track name (see `speedrun tracks`) or a track .toml file")
+    _add_seed_arguments(p)
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per node; >1 launches torchrun")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes (multi-node: also --node-rank, --rdzv-endpoint)")
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--rdzv-endpoint", default=None, help="host:port of node 0 for multi-node runs")
+    p.add_argument("--data-dir", type=Path, default=None, help="shards (default: the track's)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--max-steps", type=int, default=None, help="quick smoke run (the record is unofficial)")
+    p.add_argument("--unofficial", action="store_true", help="run on hardware/data that do not match the track")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint, timer continuing")
+    p.add_argument("run", help="run id or run directory")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.set_defaults(func=_resume)
+
+    p = sub.add_parser("stats", help="mean ± std over runs and the one-sided t-test against the target")
+    p.add_argument("runs", nargs="+", help="run ids or run directories (one track)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--csv", type=Path, default=None, help="write the per-run table here")
+    p.add_argument("--json", type=Path, default=None, help="write the summary here")
+    p.set_defaults(func=_stats)
+
+    track = sub.add_parser("track", help="track tools").add_subparsers(dest="track_command", required=True)
+    p = track.add_parser("calibrate", help="run the baseline over seeds and set the track's target")
+    p.add_argument("track")
+    _add_seed_arguments(p)
+    p.set_defaults(seeds=3)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("eval", help="CORE and bits per byte of a checkpoint")
     from eval.run import add_arguments as add_eval_arguments

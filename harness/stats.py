@@ -1,0 +1,243 @@
+"""Statistics over runs: a table of run records, mean ± std, and the significance test for a record.
+
+    from harness import stats
+    df = stats.runs_table(stats.load_records(["runs/abc", "runs/def/record.json"]))
+    s = stats.summarize(df, metric="core", target=0.256525, higher_is_better=True)
+    print(stats.format_summary(s)); stats.to_csv(df, "runs.csv"); stats.to_json(s, "summary.json")
+
+The rule (style habit 7): a result beats the target only if a one-sided one-sample t-test over its
+seeds rejects "the mean metric does not beat the target" at p < RECORD_P_VALUE. H1 is mean > target
+for a higher-is-better metric (CORE) and mean < target for a lower-is-better one (val bpb). CORE moves
+by ~0.016 across seeds of one command, so a single lucky seed is not a record.
+
+Which runs count: a run with a status other than COUNTED_STATUSES (failed, diverged, killed, stopped,
+still running), or whose metric is missing or not finite (a NaN loss, a run killed before its eval),
+is left out of every statistic and listed under `excluded` with its reason, so a summary always says
+how many runs it dropped.
+
+Degenerate cases, decided here rather than left to scipy's NaNs and warnings:
+  - no runs left: every statistic is None, p_value None;
+  - n = 1: mean/min/max of that run, std None, p_value None (a t-test needs at least 2 runs);
+  - zero variance (all runs equal): t is ±inf or undefined, so p_value = 0.0 if every run beats the
+    target (strictly) and 1.0 otherwise.
+`p_value_reason` says which case applied (None for an ordinary t-test).
+
+Records: `runs_table` reads each column of FIELDS from the first of its dotted keys present in a
+record, so flat records (`{"val_bpb": 0.8}`), nested ones (`{"result": {"val_bpb": 0.8}}`) and
+json_normalize'd ones (`{"result.val_bpb": 0.8}`) all give the same table; a field absent from a
+record is NaN. Top-level scalars not named in FIELDS are kept as columns too.
+"""
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+RECORD_P_VALUE = 0.01  # a record needs p < 0.01
+COUNTED_STATUSES = ("completed",)  # harness.record.STATUSES; a record with no status (hand-made) counts too
+
+# column -> dotted keys into a run record, tried in order (the record schema is the runner's; these
+# cover its names and the flat ones a user might write by hand).
+FIELDS: dict[str, tuple[str, ...]] = {
+    "run_id": ("run_id",),
+    "submission": ("submission", "submission.name"),
+    "track": ("track", "track.name"),
+    "seed": ("seed", "config.seed", "provenance.seed"),
+    "status": ("status",),
+    "official": ("official",),
+    "train_time_s": ("train_time_s", "timing.train_time_s"),
+    "wall_time_s": ("wall_time_s", "timing.wall_time_s"),
+    "val_bpb": ("val_bpb", "result.val_bpb", "eval.val_bpb"),
+    "core": ("core", "result.core", "eval.core"),
+    "target_met": ("target_met", "result.target_met"),
+    "energy_kwh": ("energy_kwh", "telemetry.energy_kwh"),
+    "cost_usd": ("cost_usd", "telemetry.cost_usd", "telemetry.cost"),
+    "git_commit": ("git_commit", "provenance.git.commit"),
+}
+NUMERIC = ("seed", "train_time_s", "wall_time_s", "val_bpb", "core", "energy_kwh", "cost_usd")
+RECORD_FILE = "record.json"
+
+
+# ------------------------------------------------------------------ records -> table
+
+
+def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """Each path is a run directory (its record.json is read) or a record JSON file."""
+    records = []
+    for p in map(Path, paths):
+        file = p / RECORD_FILE if p.is_dir() else p
+        if not file.is_file():
+            raise FileNotFoundError(f"{p} is neither a run directory with {RECORD_FILE} nor a record file")
+        records.append(json.loads(file.read_text()))
+    return records
+
+
+def _lookup(record: Mapping, dotted: str):
+    """record["a.b"] if present (flat, or json_normalize'd), else record["a"]["b"]; None if absent or not a leaf."""
+    if dotted in record:
+        node = record[dotted]
+    else:
+        node = record
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+    return None if isinstance(node, Mapping) else node
+
+
+def runs_table(records: Iterable[Mapping], fields: Mapping[str, tuple[str, ...]] = FIELDS) -> pd.DataFrame:
+    """One row per run record: the FIELDS columns (NaN where absent), then other top-level scalars."""
+    rows = []
+    for rec in records:
+        row = {}
+        for column, keys in fields.items():
+            row[column] = next((v for v in (_lookup(rec, k) for k in keys) if v is not None), math.nan)
+        for key, value in rec.items():
+            if key not in row and (value is None or isinstance(value, str | int | float | bool)):
+                row[key] = math.nan if value is None else value
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(dict.fromkeys([*fields, *(k for r in rows for k in r)])))
+    for column in NUMERIC:
+        if column in df:
+            df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+    return df
+
+
+# ------------------------------------------------------------------ the summary and the test
+
+
+def _stat(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def summarize(
+    runs: list[Mapping] | pd.DataFrame,
+    *,
+    metric: str,
+    target: float,
+    higher_is_better: bool,
+    time_key: str = "train_time_s",
+) -> dict:
+    """n, mean ± std (ddof=1), min/max of time and metric, and the one-sided t-test against the target.
+
+    See the module docstring for which runs are excluded and how n < 2 and zero variance are decided.
+    """
+    df = runs if isinstance(runs, pd.DataFrame) else runs_table(runs)
+    if metric not in df:
+        raise KeyError(f"no column {metric!r} in the runs: have {', '.join(map(str, df.columns))}")
+    values = pd.to_numeric(df[metric], errors="coerce").astype(float)
+    status = df["status"] if "status" in df else pd.Series([None] * len(df), index=df.index)
+    run_ids = df["run_id"] if "run_id" in df else pd.Series(df.index, index=df.index)
+    keep, excluded = [], []
+    for i in df.index:
+        if isinstance(status[i], str) and status[i] not in COUNTED_STATUSES:
+            reason = f"status {status[i]}"
+        elif not math.isfinite(values[i]):
+            reason = "metric missing" if math.isnan(values[i]) else f"metric {values[i]}"
+        else:
+            keep.append(i)
+            continue
+        excluded.append({"run_id": None if pd.isna(run_ids[i]) else str(run_ids[i]), "reason": reason})
+
+    x = values[keep].to_numpy()
+    n = len(x)
+    alternative = "greater" if higher_is_better else "less"
+    summary = {
+        "metric": metric,
+        "target": float(target),
+        "higher_is_better": bool(higher_is_better),
+        "alternative": alternative,
+        "n": n,
+        "n_total": len(df),
+        "n_excluded": len(excluded),
+        "excluded": excluded,
+        "metric_mean": _stat(x.mean()) if n else None,
+        "metric_std": _stat(x.std(ddof=1)) if n >= 2 else None,
+        "metric_min": _stat(x.min()) if n else None,
+        "metric_max": _stat(x.max()) if n else None,
+        **_time_stats(df, keep, time_key),
+        "t_statistic": None,
+        "p_value": None,
+        "p_value_reason": None,
+        "record_p_value": RECORD_P_VALUE,
+    }
+    beats = x > target if higher_is_better else x < target
+    if n == 0:
+        summary["p_value_reason"] = "no valid runs"
+    elif n == 1:
+        summary["p_value_reason"] = "n=1: a t-test needs at least 2 runs"
+    elif np.all(x == x[0]):
+        summary["p_value"] = 0.0 if beats.all() else 1.0
+        which = "every run beats" if beats.all() else "not every run beats"
+        summary["p_value_reason"] = f"zero variance: {which} the target"
+    else:
+        test = sps.ttest_1samp(x, target, alternative=alternative)
+        summary["t_statistic"], summary["p_value"] = float(test.statistic), float(test.pvalue)
+    summary["meets_record"] = summary["p_value"] is not None and summary["p_value"] < RECORD_P_VALUE
+    return summary
+
+
+def _time_stats(df: pd.DataFrame, keep: list, time_key: str) -> dict:
+    t = pd.to_numeric(df[time_key], errors="coerce").astype(float)[keep] if time_key in df else pd.Series([])
+    t = t[np.isfinite(t)].to_numpy()
+    return {
+        "time_key": time_key,
+        "time_n": len(t),
+        "time_mean_s": _stat(t.mean()) if len(t) else None,
+        "time_std_s": _stat(t.std(ddof=1)) if len(t) >= 2 else None,
+        "time_min_s": _stat(t.min()) if len(t) else None,
+        "time_max_s": _stat(t.max()) if len(t) else None,
+    }
+
+
+# ------------------------------------------------------------------ export and display
+
+
+def to_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    df.to_csv(path, index=False)
+
+
+def to_json(summary: Mapping, path: str | os.PathLike) -> None:
+    """Strict JSON (no NaN tokens): summarize already writes missing numbers as null."""
+    Path(path).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def _pm(mean, std, unit: str = "", digits: int = 4) -> str:
+    if mean is None:
+        return "-"
+    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    return text + unit
+
+
+def format_summary(s: Mapping) -> str:
+    """A few plain-text lines: the runs counted, time and metric as mean ± std [min, max], the verdict."""
+    op = ">" if s["higher_is_better"] else "<"
+    lines = [f"{s['n']} of {s['n_total']} runs counted" + (f", {s['n_excluded']} excluded:" if s["excluded"] else "")]
+    lines += [f"  excluded {e['run_id'] or '?'}: {e['reason']}" for e in s["excluded"]]
+    width = max(len(s["time_key"]), len(s["metric"]))
+    if s["time_n"]:
+        lines.append(
+            f"  {s['time_key']:<{width}}  {_pm(s['time_mean_s'], s['time_std_s'], ' s', 1)}"
+            f"  [{s['time_min_s']:.1f}, {s['time_max_s']:.1f}]"
+        )
+    if s["n"]:
+        lines.append(
+            f"  {s['metric']:<{width}}  {_pm(s['metric_mean'], s['metric_std'])}"
+            f"  [{s['metric_min']:.4f}, {s['metric_max']:.4f}]  target {op} {s['target']}"
+        )
+    test = f"one-sided t-test, H1: mean {s['metric']} {op} {s['target']}"
+    if s["p_value"] is None:
+        lines.append(f"  p = n/a ({s['p_value_reason']}); {test}")
+    else:
+        t = f"t = {s['t_statistic']:.3f}, " if s["t_statistic"] is not None else ""
+        why = f" ({s['p_value_reason']})" if s["p_value_reason"] else ""
+        lines.append(f"  {t}p = {s['p_value']:.3g}{why}; {test}")
+    verdict = "meets" if s["meets_record"] else "does not meet"
+    lines.append(f"  {verdict} the record rule (p < {s['record_p_value']})")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Tracks as data: one small TOML file each, shipped in `harness/tracks/` or written by a user.
+
+A track pins everything a result is judged by: hardware, dataset identity (content hash),
+tokenizer, target (metric, threshold, direction), the timing rule, the price of an hour of
+hardware, and the baseline's training config. `speedrun tracks` lists them; `load_track(name or
+path)` reads one; `speedrun track calibrate` writes the measured target back into the file.
+"""
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+BUILTIN_DIR = Path(__file__).parent / "tracks"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    kind: str  # "cpu" or "cuda"
+    gpu_count: int = 0
+    gpu_model: str | None = None  # substring of the device name, e.g. "H100"
+    cpu_threads: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.gpu_count}x{self.gpu_model}" if self.kind == "cuda" else f"CPU, {self.cpu_threads} threads"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    source: str  # "local" (a directory the user passes) or "climbmix" (downloadable)
+    description: str = ""
+    shards: tuple[str, ...] = ()  # exact file names, when pinned
+    num_train_shards: int | None = None  # ClimbMix shards 0..n-1 (+ the val shard), when not listed
+    content_hash: str = ""  # baseline.dataset.data_fingerprint of the shards; "" = not pinned yet
+    default_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    vocab_size: int
+    max_chars: int
+    doc_cap: int = 10_000
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str  # "val_bpb" or "core"
+    higher_is_better: bool
+    threshold: float
+    eval_tokens: int = 41_943_040  # val bpb budget (tokens)
+    core_max_per_task: int = -1  # -1 = every example (an official CORE)
+
+    def met(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value > self.threshold if self.higher_is_better else value < self.threshold
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    version: int
+    description: str
+    provisional: bool
+    timing_rule: str
+    price_per_hour: float  # USD per GPU-hour (cuda) or per machine-hour (cpu)
+    hardware: Hardware
+    dataset: Dataset
+    tokenizer: TokenizerSpec
+    target: Target
+    baseline: dict  # TrainConfig fields for the baseline run
+    calibration: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        return d
+
+
+def track_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        return path
+    builtin = BUILTIN_DIR / f"{name_or_path}.toml"
+    if builtin.is_file():
+        return builtin
+    known = ", ".join(t.stem for t in sorted(BUILTIN_DIR.glob("*.toml")))
+    raise ValueError(f"unknown track {name_or_path!r}: use one of {known}, or the path of a track .toml file")
+
+
+def load_track(name_or_path: str | Path) -> Track:
+    path = track_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+        return Track(
+            name=raw["name"],
+            version=raw["version"],
+            description=raw.get("description", ""),
+            provisional=raw.get("provisional", True),
+            timing_rule=raw["timing_rule"],
+            price_per_hour=float(raw["price_per_hour"]),
+            hardware=Hardware(**raw["hardware"]),
+            dataset=Dataset(**{**raw["dataset"], "shards": tuple(raw["dataset"].get("shards", ()))}),
+            tokenizer=TokenizerSpec(**raw["tokenizer"]),
+            target=Target(**raw["target"]),
+            baseline=dict(raw["baseline"]),
+            calibration=dict(raw.get("calibration", {})),
+            path=path,
+        )
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"track file {path} is malformed ({type(e).__name__}: {e}); compare with cpu-books.toml") from e
+
+
+def list_tracks() -> list[Track]:
+    return [load_track(p) for p in sorted(BUILTIN_DIR.glob("*.toml"))]
+
+
+def save_calibration(track: Track, threshold: float, calibration: dict) -> Path:
+    """Write the calibrated target into the track file and mark the track no longer provisional."""
+    raw = tomllib.loads(track.path.read_text())
+    raw["target"]["threshold"] = threshold
+    raw["provisional"] = False
+    raw["calibration"] = calibration
+    track.path.write_text(tomli_w.dumps(raw))
+    return track.path
+
+
+def format_tracks(tracks: list[Track]) -> str:
+    rows = [("track", "hardware", "target", "status", "description")]
+    for t in tracks:
+        op = ">" if t.target.higher_is_better else "<"
+        target = f"{t.target.metric} {op} {t.target.threshold:g}" if t.target.threshold else f"{t.target.metric} (unset)"
+        rows.append((t.name, t.hardware.describe(), target, "provisional" if t.provisional else "calibrated",
+                     t.description[:60]))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4] for r in rows)
