@@ -241,7 +241,7 @@ def finish(run_dir: Path, record: dict, returncode: int, killed: bool) -> dict:
             telemetry.read_samples(samples_path),
             wall_start=t0,
             wall_end=t1,
-            price_per_hour=spec["price_per_hour"],
+            price_per_gpu_hour=spec["price_per_hour"],
             gpu_count=spec["gpu_count"],
         )
     if status != "completed":
