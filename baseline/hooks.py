@@ -19,7 +19,9 @@ from baseline.schedule import Schedule
 
 
 def baseline_optimizer(model, plan, compute_dtype: torch.dtype) -> torch.optim.Optimizer:
-    return MuonAdamW(build_param_groups(model, **plan.optimizer_kwargs()), compute_dtype=compute_dtype)
+    # --compile (default: on for CUDA) compiles the optimizer's step kernels along with the model.
+    groups = build_param_groups(model, **plan.optimizer_kwargs())
+    return MuonAdamW(groups, compute_dtype=compute_dtype, compile=plan.config.compile)
 
 
 def baseline_schedule(plan) -> Schedule:
