@@ -15,6 +15,7 @@ reports the same seconds.
 import gc
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -63,9 +64,19 @@ class TrainResult:
 
 
 class EventLog:
-    """One JSON object per line; only rank 0 writes. Appends, so a resumed run continues the file."""
+    """One JSON object per line; only rank 0 writes.
 
-    def __init__(self, path: Path | None):
+    A resumed run continues the file from its checkpoint: events of steps at or after the resume
+    step (which will be run again) are dropped first, so every step appears once and Σ dt_s over
+    the file is the run's timed seconds.
+    """
+
+    def __init__(self, path: Path | None, resume_step: int = 0):
+        if path and resume_step and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if _before(json.loads(line), resume_step)]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
         self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115 -- lives for the run
 
     def write(self, **event):
@@ -153,7 +164,7 @@ def train(
         )
     x, y, loader_state = next(loader)  # untimed, like nanochat's first fetch
 
-    events = EventLog(out_dir / "events.jsonl" if master else None)
+    events = EventLog(out_dir / "events.jsonl" if master else None, start_step)
     num_iterations, grad_accum = plan.num_iterations, plan.grad_accum_steps
     batch_tokens = plan.total_batch_size
     flops_per_step = plan.flops_per_token * batch_tokens
@@ -287,6 +298,10 @@ def train(
     events.write(event="end", **{k: v for k, v in asdict(result).items() if k != "val_bpb_history"})
     events.close()
     return result
+
+
+def _before(event: dict, step: int) -> bool:
+    return event["event"] in ("step", "val") and event["step"] < step
 
 
 def _gather_states(state: dict, runtime: Runtime) -> list[dict]:

@@ -78,7 +78,8 @@ def read_record(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{run_dir} has no {RECORD_FILE}: pass a run directory made by `speedrun run`")
     record = json.loads(path.read_text())
     if record.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path} has schema version {record.get('schema_version')}, this speedrun reads {SCHEMA_VERSION}")
+        version = record.get("schema_version")
+        raise ValueError(f"{path} has schema version {version}; this speedrun reads version {SCHEMA_VERSION}")
     return record
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from baseline.config import TrainConfig, plan_training
-from baseline.dataset import data_fingerprint, download_shards, list_shards, shard_name
+from baseline.dataset import download_shards, list_shards, shard_name
 from baseline.tokenizer import Tokenizer, train_from_shards
 from harness import provenance, telemetry
 from harness.record import new_record, read_record, write_record
@@ -130,6 +130,9 @@ class _Progress:
         if not self.path.is_file():
             return
         with open(self.path) as f:
+            stat = os.fstat(f.fileno())
+            if (stat.st_ino, stat.st_dev) != getattr(self, "file_id", None) or stat.st_size < self.offset:
+                self.file_id, self.offset = (stat.st_ino, stat.st_dev), 0  # a resumed run rewrote the file
             f.seek(self.offset)
             lines = f.readlines()
             if lines and not lines[-1].endswith("\n"):  # a line still being written
@@ -148,7 +151,9 @@ class _Progress:
             f"step {e['step'] + 1}/{self.total} | loss {e['smooth_loss']:.4f} | {e['tokens_per_s']:,.0f} tok/s | "
             f"MFU {e['mfu']:.1f}% | timed {e['train_time_s']:.1f}s | ETA {eta_s / 60:.1f} min"
         )
-        print(("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True)
+        print(
+            ("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True
+        )
 
 
 def execute(run_dir: Path, record: dict, *, nproc=1, nnodes=1, node_rank=0, rdzv=None, threads=None) -> dict:
@@ -191,7 +196,9 @@ def execute(run_dir: Path, record: dict, *, nproc=1, nnodes=1, node_rank=0, rdzv
 def _timed_window(run_dir: Path) -> tuple[float | None, float | None]:
     """Wall-clock bounds of the timed steps (step > 10), from the step events."""
     path = run_dir / "events.jsonl"
-    steps = [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "step"] if path.is_file() else []
+    steps = (
+        [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "step"] if path.is_file() else []
+    )
     timed = [e for e in steps if e["step"] > 10]
     if not timed:
         return None, None
@@ -209,7 +216,9 @@ def finish(run_dir: Path, record: dict, returncode: int, killed: bool) -> dict:
         status = "diverged"
     elif returncode != 0 or result is None:
         status = "failed"
-        tail = (run_dir / "train.log").read_text().strip().splitlines()[-20:] if (run_dir / "train.log").is_file() else []
+        tail = (
+            (run_dir / "train.log").read_text().strip().splitlines()[-20:] if (run_dir / "train.log").is_file() else []
+        )
         record["error"] = f"worker exited with code {returncode}: " + " | ".join(tail[-3:])
     else:
         status = result["status"]
@@ -275,7 +284,8 @@ def run(
     files = prepare_data(track, data_dir)
     data_hash = provenance.data_hash(files)
     if track.dataset.content_hash and data_hash != track.dataset.content_hash:
-        problem = f"data in {data_dir} has content hash {data_hash[:12]}…, track {track.name} pins {track.dataset.content_hash[:12]}…"
+        pinned = track.dataset.content_hash
+        problem = f"data in {data_dir} has content hash {data_hash[:12]}…, track {track.name} pins {pinned[:12]}…"
         if not unofficial:
             raise Preflight(f"{problem}: use the track's shards, or pass --unofficial")
         reasons.append(problem)
@@ -319,9 +329,9 @@ def run(
         print(f"run {run_id}: {track.name}, {submission_info['name']}, seed {seed}, {plan.num_iterations} steps")
         record = execute(run_dir, record, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
                          threads=track.hardware.cpu_threads)  # fmt: skip
-        result = record["result"]
+        result, timed_s = record["result"], (record["timing"] or {}).get("train_time_s", float("nan"))
         print(
-            f"run {run_id}: {record['status']}, timed {(record['timing'] or {}).get('train_time_s', float('nan')):.1f}s, "
+            f"run {run_id}: {record['status']}, timed {timed_s:.1f}s, "
             f"{result['metric']} {result['value']}, target met: {result['target_met']}"
         )
         run_dirs.append(run_dir)

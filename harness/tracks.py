@@ -110,7 +110,8 @@ def load_track(name_or_path: str | Path) -> Track:
             path=path,
         )
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"track file {path} is malformed ({type(e).__name__}: {e}); compare with cpu-books.toml") from e
+        problem = f"{type(e).__name__}: {e}"
+        raise ValueError(f"track file {path} is malformed ({problem}); compare with cpu-books.toml") from e
 
 
 def list_tracks() -> list[Track]:
@@ -131,7 +132,8 @@ def format_tracks(tracks: list[Track]) -> str:
     rows = [("track", "hardware", "target", "status", "description")]
     for t in tracks:
         op = ">" if t.target.higher_is_better else "<"
-        target = f"{t.target.metric} {op} {t.target.threshold:g}" if t.target.threshold else f"{t.target.metric} (unset)"
+        threshold = f"{op} {t.target.threshold:g}" if t.target.threshold else "(unset)"
+        target = f"{t.target.metric} {threshold}"
         rows.append((t.name, t.hardware.describe(), target, "provisional" if t.provisional else "calibrated",
                      t.description[:60]))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

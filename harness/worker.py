@@ -40,7 +40,7 @@ def final_eval(spec: dict, run_dir: Path, runtime, result) -> dict:
         out["core"] = evaluate(
             checkpoint=result.checkpoint,
             core=True,
-            max_per_task=spec.get("core_max_per_task", -1),
+            max_per_task=None if spec.get("core_max_per_task", -1) < 0 else spec["core_max_per_task"],
             eval_bundle=spec.get("eval_bundle"),
             device=runtime.device,
         )

@@ -1,0 +1,179 @@
+"""The harness end to end on a tiny track over ../shared/data: records, faults, resume, pre-flight."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import runner
+from harness.record import read_record
+from harness.tracks import load_track
+from tests.conftest import PRETRAIN, REPO
+
+# cpu-books with a model small enough for seconds: the same data (and content hash), a tiny
+# tokenizer, checkpoints every 4 steps so a killed run can resume.
+TINY_TRACK = """
+name = "tiny-books"
+version = 1
+description = "test track"
+provisional = true
+timing_rule = "sum of step dt for steps > 10"
+price_per_hour = 0.10
+
+[hardware]
+kind = "cpu"
+cpu_threads = 2
+gpu_count = 0
+
+[dataset]
+source = "local"
+shards = [
+    "shard_00000.parquet", "shard_00001.parquet", "shard_00002.parquet", "shard_00003.parquet", "shard_00004.parquet"
+]
+content_hash = "{content_hash}"
+default_dir = "{data_dir}"
+
+[tokenizer]
+vocab_size = 512
+max_chars = 2000000
+
+[target]
+metric = "val_bpb"
+higher_is_better = false
+threshold = 10.0
+eval_tokens = 2048
+
+[baseline]
+depth = 1
+aspect_ratio = 128
+head_dim = 64
+max_seq_len = 128
+window_pattern = "L"
+device_batch_size = 4
+total_batch_size = 512
+num_iterations = {steps}
+eval_every = -1
+save_every = 4
+"""
+
+
+def write_track(tmp_path: Path, steps: int = 14, content_hash: str | None = None) -> Path:
+    cpu_books = load_track("cpu-books")
+    path = tmp_path / "tiny-books.toml"
+    path.write_text(
+        TINY_TRACK.format(
+            content_hash=cpu_books.dataset.content_hash if content_hash is None else content_hash,
+            data_dir=PRETRAIN,
+            steps=steps,
+        )
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch, pretrain_dir):
+    """Tokenizers trained by these tests go to a temporary cache shared by the module's tests."""
+    cache = tmp_path_factory.getbasetemp() / "speedrun-cache"
+    monkeypatch.setattr(runner, "CACHE", cache)
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(cache))
+    return cache
+
+
+def speedrun_cli(*args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], env=env, cwd=REPO, **kwargs)
+
+
+def test_a_full_run_writes_a_complete_record(tmp_path):
+    track = load_track(write_track(tmp_path))
+    [run_dir] = runner.run(track, "baseline", seeds=[7], runs_dir=tmp_path / "runs")
+    record = read_record(run_dir)
+    assert record["status"] == "completed" and record["official"], record["unofficial_reasons"]
+    assert record["seed"] == 7 and record["config"]["seed"] == 7
+    timing = record["timing"]
+    steps = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    timed = sum(e["dt_s"] for e in steps if e["event"] == "step" and e["step"] > 10)
+    assert timing["train_time_s"] == pytest.approx(timed, rel=1e-9) and timing["steps"] == 14
+    assert timing["eval_time_s"] > 0 and timing["wall_time_s"] > timing["train_time_s"] + timing["eval_time_s"]
+    result = record["result"]
+    assert result["metric"] == "val_bpb" and 0 < result["value"] < 10 and result["target_met"] is True
+    assert record["telemetry"]["backend"] in ("cpu", "nvml") and record["telemetry"]["n_samples"] >= 1
+    prov = record["provenance"]
+    assert prov["data"]["fingerprint"] == track.dataset.content_hash and prov["seed"] == 7
+    assert len(prov["code"]["baseline"]) == 64
+    for name in ("events.jsonl", "telemetry.jsonl", "train.log", "run.json"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / record["files"]["checkpoint"] / "model.safetensors").is_file()
+
+
+def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupted_run(tmp_path):
+    track_file = write_track(tmp_path, steps=16)
+    runs = tmp_path / "runs"
+    proc = speedrun_cli("run", "baseline", "--track", track_file, "--runs-dir", runs, "--seed-list", 3,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 240
+    run_dir = None
+    while time.monotonic() < deadline:  # wait for the first checkpoint (step 4) and a step beyond it
+        run_dirs = list(runs.glob("*")) if runs.is_dir() else []
+        if run_dirs and (run_dirs[0] / "checkpoints" / "step_000004").is_dir():
+            events = (run_dirs[0] / "events.jsonl").read_text().splitlines()
+            if len(events) >= 6:
+                run_dir = run_dirs[0]
+                break
+        time.sleep(0.2)
+    assert run_dir is not None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    killed = read_record(run_dir)
+    assert killed["status"] == "killed" and not killed["official"]
+    assert (run_dir / "train.log").is_file() and (run_dir / "telemetry.jsonl").stat().st_size > 0
+
+    resume = speedrun_cli("resume", run_dir.name, "--runs-dir", runs, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = resume.communicate(timeout=300)[0].decode()
+    resumed = read_record(run_dir)
+    assert resumed["status"] == "completed", output
+    assert resumed["resumed"] == 1 and resumed["official"]
+
+    [full_dir] = runner.run(load_track(track_file), "baseline", seeds=[3], runs_dir=tmp_path / "full")
+    losses = {}
+    for d in (run_dir, full_dir):
+        events = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()]
+        steps = [e for e in events if e["event"] == "step"]
+        assert [e["step"] for e in steps] == list(range(16))  # every step once, resumed or not
+        losses[d] = [e["loss"] for e in steps]
+    assert losses[run_dir] == pytest.approx(losses[full_dir], rel=1e-6)
+    full = read_record(full_dir)
+    assert resumed["result"]["value"] == pytest.approx(full["result"]["value"], rel=1e-6)
+    # The timer continued: the resumed run's timed seconds cover all 5 timed steps, as the full run's do.
+    assert resumed["timing"]["train_time_s"] > 0.5 * full["timing"]["train_time_s"]
+
+
+def test_a_crashing_worker_leaves_a_failed_record(tmp_path, monkeypatch):
+    track = load_track(write_track(tmp_path))
+    monkeypatch.setattr(runner.provenance, "submission_info", lambda s, *_: {"name": "broken", "hash": None})
+    [run_dir] = runner.run(track, "no_such_submission_anywhere", seeds=[1], runs_dir=tmp_path / "runs")
+    record = read_record(run_dir)
+    assert record["status"] == "failed" and "exited with code" in record["error"]
+    assert (run_dir / "train.log").read_text()
+
+
+def test_preflight_refuses_the_wrong_hardware_and_the_wrong_data(tmp_path):
+    gpu_track = load_track("gpt2")
+    with pytest.raises(runner.Preflight, match="--unofficial"):
+        runner.run(gpu_track, "baseline", seeds=[1], runs_dir=tmp_path)
+    wrong_data = load_track(write_track(tmp_path, content_hash="0" * 64))
+    with pytest.raises(runner.Preflight, match="content hash"):
+        runner.run(wrong_data, "baseline", seeds=[1], runs_dir=tmp_path)
+
+
+def test_smoke_runs_are_unofficial(tmp_path):
+    track = load_track(write_track(tmp_path))
+    [run_dir] = runner.run(track, "baseline", seeds=[1], runs_dir=tmp_path / "runs", max_steps=3)
+    record = read_record(run_dir)
+    assert record["status"] == "stopped" and not record["official"]
+    assert any("max-steps" in r for r in record["unofficial_reasons"])
