@@ -10,6 +10,10 @@
     speedrun resume RUN_ID                                      # continue a killed/preempted run
     speedrun stats RUN...                                       # mean ± std and the record p-value
     speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
+    speedrun serve                                              # the leaderboard (SQLite, or DATABASE_URL)
+    speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
+    speedrun verify --worker                                    # verify uploaded runs (several may run)
+    speedrun token create NAME [--admin]                        # an API token for a submitter
 
 `train` runs the same under `torchrun --nproc_per_node=N -m harness.cli train ...`.
 """
@@ -153,6 +157,35 @@ def _calibrate(args):
     )
 
 
+def _serve(args):
+    from leaderboard.app import serve
+
+    serve(args.host, args.port)
+
+
+def _submit(args):
+    from harness.record import find_run
+    from leaderboard.client import submit
+
+    results = submit([find_run(r, args.runs_dir) for r in args.runs], args.server, args.token,
+                     description=args.description, link=args.link)  # fmt: skip
+    for r in results:
+        print(json.dumps(r))
+
+
+def _verify(args):
+    from leaderboard.worker import verify_worker
+
+    n = verify_worker(once=not args.worker)
+    print(f"verified {n} runs")
+
+
+def _token_create(args):
+    from leaderboard.tokens import create_token
+
+    print(create_token(args.name, admin=args.admin))
+
+
 def _add_seed_arguments(p):
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (runs)")
     p.add_argument("--first-seed", type=int, default=42, help="seeds are first-seed, first-seed+1, ...")
@@ -231,6 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("serve", help="serve the leaderboard (pages, API, chat)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("submit", help="upload run bundles to a leaderboard server")
+    p.add_argument("runs", nargs="+", help="run ids or run directories")
+    p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", required=True, help="your API token (`speedrun token create` on the server)")
+    p.add_argument("--description", default="")
+    p.add_argument("--link", default="", help="a link to the submission's code or write-up")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("verify", help="verify pending uploads with the frozen eval")
+    p.add_argument("--worker", action="store_true", help="keep polling for work (default: one pass)")
+    p.set_defaults(func=_verify)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    p = token.add_parser("create", help="create a token (shown once; only its hash is stored)")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true")
+    p.set_defaults(func=_token_create)
 
     p = sub.add_parser("eval", help="CORE and bits per byte of a checkpoint")
     from eval.run import add_arguments as add_eval_arguments

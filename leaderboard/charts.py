@@ -1,0 +1,134 @@
+"""Charts as inline SVG, drawn on the server: no JavaScript, no build step, nothing fetched from a CDN.
+
+    svg = line_chart([Series("loss", [(0, 9.1), (1, 8.7)])], title="loss", x_label="step", y_label="nats")
+
+Each chart is `<svg class="chart" data-series=N data-points=M>` with one `<polyline class="series">`
+per series (a step line for record progressions), axes with a few round ticks, and a legend.
+Long series are thinned to MAX_POINTS by keeping every k-th point (and the last).
+"""
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+
+from markupsafe import Markup
+
+MAX_POINTS = 1000
+COLORS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04")
+
+
+@dataclass
+class Series:
+    label: str
+    points: list[tuple[float, float]]
+    color: str | None = None
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _fmt(v: float, time_axis: bool = False) -> str:
+    if time_axis:
+        return datetime.fromtimestamp(v).strftime("%Y-%m-%d")
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.2g}"
+    return f"{v:.4g}"
+
+
+def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    points = [(x, y) for x, y in points if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    if len(points) <= MAX_POINTS:
+        return points
+    k = math.ceil(len(points) / MAX_POINTS)
+    return points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
+
+
+def line_chart(
+    series: list[Series],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    width: int = 640,
+    height: int = 260,
+    step: bool = False,
+    x_is_time: bool = False,
+) -> Markup:
+    """An SVG line chart; `step` draws each value until the next (a record progression)."""
+    series = [Series(s.label, _thin(s.points), s.color or COLORS[i % len(COLORS)]) for i, s in enumerate(series)]
+    series = [s for s in series if s.points]
+    n_points = sum(len(s.points) for s in series)
+    head = (
+        f'<svg class="chart" role="img" aria-label="{escape(title)}" data-series="{len(series)}" '
+        f'data-points="{n_points}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        'xmlns="http://www.w3.org/2000/svg">'
+    )
+    parts = [head, f"<title>{escape(title)}</title>"]
+    if not series:
+        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="empty">no data</text></svg>')
+        return Markup("".join(parts))
+    left, right, top, bottom = 64, 16, 28, 40
+    xs = [x for s in series for x, _ in s.points]
+    ys = [y for s in series for _, y in s.points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        pad = abs(y0) * 0.05 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    parts.append(f'<text x="{left}" y="16" class="chart-title" font-size="13" font-weight="600">{escape(title)}</text>')
+    parts.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#888"/>')
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#888"/>')
+    for t in _nice_ticks(y0, y1):
+        y = sy(t)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{_fmt(t)}</text>')
+    for t in _nice_ticks(x0, x1, 4 if x_is_time else 6):
+        x = sx(t)
+        parts.append(
+            f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11">{_fmt(t, x_is_time)}</text>'
+        )
+    parts.append(
+        f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" font-size="11">{escape(x_label)}</text>'
+    )
+    parts.append(
+        f'<text x="12" y="{top + ph / 2}" text-anchor="middle" font-size="11" '
+        f'transform="rotate(-90 12 {top + ph / 2})">{escape(y_label)}</text>'
+    )
+    for i, s in enumerate(series):
+        pts = s.points
+        if step:
+            stepped = []
+            for (xa, ya), (xb, _) in zip(pts, pts[1:], strict=False):
+                stepped += [(xa, ya), (xb, ya)]
+            pts = stepped + [pts[-1], (x1, pts[-1][1])]
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        parts.append(
+            f'<polyline class="series" data-label="{escape(s.label)}" fill="none" stroke="{s.color}" '
+            f'stroke-width="1.8" points="{coords}"/>'
+        )
+        if len(s.points) <= 40:
+            for x, y in s.points:
+                parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{s.color}"/>')
+        if len(series) > 1:  # one series is named by the title
+            lx = left + pw - 140
+            parts.append(f'<rect x="{lx}" y="{top + 4 + 14 * i}" width="10" height="3" fill="{s.color}"/>')
+            parts.append(f'<text x="{lx + 14}" y="{top + 9 + 14 * i}" font-size="11">{escape(s.label)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

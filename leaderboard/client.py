@@ -1,0 +1,86 @@
+"""`speedrun submit RUN_DIR... --server URL --token T`: pack each run as a bundle and upload it.
+
+    from leaderboard.client import submit
+    submit(["runs/20260101-cpu-books-baseline-s0"], "http://127.0.0.1:8000", token, description="...")
+
+A bundle is a .tar.gz of record.json, events.jsonl, telemetry.jsonl, train.log (if present) and the
+final checkpoint's model.safetensors + meta.json (record.files.checkpoint, else the latest one),
+flat at the top level (see leaderboard/bundle.py). Uploading the same run twice is harmless: the
+server answers 200 with the run it already has.
+"""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import requests
+
+from baseline.checkpoint import latest_checkpoint
+from harness.record import read_record
+
+
+class SubmitError(RuntimeError):
+    """The server refused a bundle; the message carries its status and detail."""
+
+
+def pack(run_dir: str | Path) -> bytes:
+    """The bundle of one run directory as .tar.gz bytes."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    checkpoint = (record.get("files") or {}).get("checkpoint")
+    checkpoint = run_dir / checkpoint if checkpoint else latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None or not (checkpoint / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no final checkpoint with model.safetensors: only a finished run can be submitted"
+        )
+    members = {
+        "record.json": run_dir / "record.json",
+        "events.jsonl": run_dir / "events.jsonl",
+        "telemetry.jsonl": run_dir / "telemetry.jsonl",
+        "train.log": run_dir / "train.log",
+        "model.safetensors": checkpoint / "model.safetensors",
+        "meta.json": checkpoint / "meta.json",
+    }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, path in members.items():
+            if path.is_file():
+                tar.add(path, arcname=name, recursive=False)
+            elif name != "train.log":
+                raise FileNotFoundError(f"{run_dir} lacks {path.relative_to(run_dir)}: the bundle needs it")
+    return buf.getvalue()
+
+
+def submit(
+    run_dirs: list[str | Path],
+    server: str,
+    token: str,
+    *,
+    description: str = "",
+    link: str = "",
+    timeout_s: float = 600.0,
+) -> list[dict]:
+    """Upload each run; returns the server's run for each (raises SubmitError on the first refusal)."""
+    out = []
+    for run_dir in run_dirs:
+        response = requests.post(
+            server.rstrip("/") + "/api/runs",
+            headers={"Authorization": f"Bearer {token}"},
+            files={"bundle": ("bundle.tar.gz", pack(run_dir), "application/gzip")},
+            data={"description": description, "link": link},
+            timeout=timeout_s,
+        )
+        if response.status_code not in (200, 201):
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text[:500]
+            raise SubmitError(f"{run_dir}: the server answered {response.status_code}: {json.dumps(detail)}")
+        run = response.json()
+        verb = "uploaded" if response.status_code == 201 else "already there"
+        print(
+            f"{run['run_id']}: {verb}, verification {run['verification']} ({server.rstrip('/')}/runs/{run['run_id']})"
+        )
+        out.append(run)
+    return out

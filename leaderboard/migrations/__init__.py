@@ -1,0 +1,1 @@
+"""Alembic migrations of the leaderboard database (`leaderboard.db.migrate` runs them)."""

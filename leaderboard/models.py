@@ -1,0 +1,289 @@
+"""The leaderboard's tables and the shapes its API returns (the FastAPI template's Base / table / Public split).
+
+Tables: Track (a harness track as the server knows it), Submitter + ApiToken (tokens only as sha256),
+Submission (name, code hash, description, link), Run (the fields the board needs, plus the raw record),
+Verification + Check (status and each check's outcome and evidence), Standing (per track and
+submission: the verified runs' statistics and the significance test) and RecordEntry (the record
+progression per track). Times are aware UTC datetimes (`utcnow()`); SQLModel stores them as UTC.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+VERIFICATION_STATUSES = ("pending", "verified", "rejected")
+CHECK_OUTCOMES = ("pass", "fail", "skip", "error")  # error: the server could not run it; the job is retried
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(**kw) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=True), **kw)
+
+
+# ------------------------------------------------------------------ tracks
+
+
+class TrackBase(SQLModel):
+    name: str = Field(index=True, unique=True, max_length=100)
+    version: int
+    description: str = ""
+    provisional: bool = True
+    metric: str = Field(max_length=20)  # "val_bpb" or "core"
+    threshold: float
+    higher_is_better: bool
+    hardware_kind: str = Field(max_length=10)  # "cpu" or "cuda"
+    gpu_model: str | None = None
+    gpu_count: int = 0
+    cpu_threads: int | None = None
+    price_per_hour: float = 0.0
+    data_hash: str = ""  # the track's pinned dataset content hash ("" = not pinned)
+
+
+class Track(TrackBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    spec: dict | None = _json()  # harness.tracks.Track.to_dict()
+
+
+class TrackPublic(TrackBase):
+    id: int
+    hardware: str = ""
+
+
+# ------------------------------------------------------------------ submitters and tokens
+
+
+class Submitter(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=100)
+    is_admin: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    submitter_id: int = Field(foreign_key="submitter.id", index=True)
+    token_sha256: str = Field(unique=True, index=True, max_length=64)  # never the token itself
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked: bool = False
+
+
+class SubmitterPublic(SQLModel):
+    id: int
+    name: str
+    is_admin: bool
+
+
+class TokenCreate(BaseModel):
+    name: str = PydanticField(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
+    admin: bool = False
+
+
+class TokenCreated(SQLModel):
+    name: str
+    admin: bool
+    token: str  # shown once; the server keeps only its sha256
+
+
+# ------------------------------------------------------------------ submissions
+
+
+class SubmissionBase(SQLModel):
+    name: str = Field(max_length=200)
+    code_hash: str = Field(default="", max_length=64)  # "" for the frozen baseline (no code of its own)
+    description: str = ""
+    link: str = ""
+
+
+class Submission(SubmissionBase, table=True):
+    __table_args__ = (UniqueConstraint("submitter_id", "name", "code_hash"),)
+    id: int | None = Field(default=None, primary_key=True)
+    submitter_id: int = Field(foreign_key="submitter.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SubmissionPublic(SubmissionBase):
+    id: int
+    submitter: str
+    created_at: datetime
+    n_runs: int = 0
+
+
+# ------------------------------------------------------------------ runs
+
+
+class RunBase(SQLModel):
+    run_id: str = Field(index=True, unique=True, max_length=200)
+    seed: int | None = None
+    status: str = Field(max_length=20)  # the record's status (harness.record.STATUSES)
+    official: bool = True
+    created: str | None = None  # as the record says (ISO 8601)
+    finished: str | None = None
+    train_time_s: float | None = None  # claimed
+    steps: int | None = None
+    metric: str = ""
+    metric_value: float | None = None  # claimed
+    val_bpb: float | None = None  # claimed
+    core: float | None = None  # claimed
+    target_met: bool | None = None  # claimed
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+    energy_kwh: float | None = None
+    cost_usd: float | None = None
+    hardware: str | None = None  # what the run's provenance says it ran on
+
+
+class Run(RunBase, table=True):
+    __table_args__ = (Index("ix_run_track_uploaded", "track_id", "uploaded_at"),)  # a track's newest runs
+    id: int | None = Field(default=None, primary_key=True)
+    bundle_sha256: str = Field(index=True, max_length=64)
+    track_id: int = Field(foreign_key="track.id", index=True)
+    submission_id: int = Field(foreign_key="submission.id", index=True)
+    submitter_id: int = Field(foreign_key="submitter.id", index=True)
+    uploaded_at: datetime = Field(default_factory=utcnow, index=True)
+    files: dict | None = _json()  # bundle member -> {"size", "sha256"}
+    record: dict | None = _json()  # the raw record.json
+
+
+class RunCreate(BaseModel):
+    """What an upload carries besides the files (form fields)."""
+
+    description: str = ""
+    link: str = ""
+
+
+class CheckPublic(SQLModel):
+    name: str
+    outcome: str
+    detail: str
+    evidence: dict | None = None
+
+
+class VerificationPublic(SQLModel):
+    status: str
+    reasons: list[str] = []
+    attempts: int = 0
+    error: str | None = None
+    recomputed_val_bpb: float | None = None
+    recomputed_core: float | None = None
+    recomputed_train_time_s: float | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+
+
+class RunPublic(RunBase):
+    track: str
+    submission: str
+    submission_id: int
+    submitter: str
+    uploaded_at: datetime
+    verification: str  # pending / verified / rejected
+
+
+class RunDetail(RunPublic):
+    bundle_sha256: str
+    files: dict
+    record: dict
+    verification_detail: VerificationPublic
+    checks: list[CheckPublic]
+
+
+# ------------------------------------------------------------------ verification
+
+
+class Verification(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_pk: int = Field(foreign_key="run.id", unique=True, index=True)
+    status: str = Field(default="pending", index=True, max_length=20)
+    attempts: int = 0
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    not_before: datetime | None = None  # a retry waits until then
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    reasons: list | None = _json()  # every failed check's one-line reason
+    error: str | None = None  # why the server could not finish checking (the job stays pending)
+    recomputed_val_bpb: float | None = None
+    recomputed_core: float | None = None
+    recomputed_train_time_s: float | None = None
+
+
+class Check(SQLModel, table=True):
+    __tablename__ = "verification_check"  # CHECK is an SQL keyword
+    id: int | None = Field(default=None, primary_key=True)
+    verification_id: int = Field(foreign_key="verification.id", index=True)
+    name: str = Field(max_length=50)
+    outcome: str = Field(max_length=10)  # CHECK_OUTCOMES
+    detail: str = ""
+    evidence: dict | None = _json()
+
+
+# ------------------------------------------------------------------ standings and records
+
+
+class StandingBase(SQLModel):
+    n_verified: int = 0  # verified runs counted by the significance test
+    n_pending: int = 0
+    n_rejected: int = 0
+    time_mean_s: float | None = None
+    time_std_s: float | None = None
+    metric_mean: float | None = None
+    metric_std: float | None = None
+    val_bpb_mean: float | None = None
+    core_mean: float | None = None
+    p_value: float | None = None
+    p_value_reason: str | None = None
+    qualifies: bool = False  # verified runs meet the target with p < RECORD_P_VALUE
+    energy_kwh_mean: float | None = None
+    cost_mean: float | None = None
+    mfu_mean: float | None = None
+    last_run_at: datetime | None = None
+
+
+class Standing(StandingBase, table=True):
+    __table_args__ = (UniqueConstraint("track_id", "submission_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    track_id: int = Field(foreign_key="track.id", index=True)
+    submission_id: int = Field(foreign_key="submission.id", index=True)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class StandingPublic(StandingBase):
+    rank: int | None  # None: not ranked (not verified, target not met or p too high)
+    submission_id: int
+    submission: str
+    submitter: str
+    why_unranked: str | None = None
+
+
+class RecordEntry(SQLModel, table=True):
+    __tablename__ = "record_entry"
+    id: int | None = Field(default=None, primary_key=True)
+    track_id: int = Field(foreign_key="track.id", index=True)
+    submission_id: int = Field(foreign_key="submission.id")
+    time_mean_s: float
+    time_std_s: float | None = None
+    n: int
+    metric_mean: float | None = None
+    p_value: float | None = None
+    previous_time_s: float | None = None
+    set_at: datetime = Field(default_factory=utcnow)
+
+
+class RecordPublic(SQLModel):
+    submission_id: int
+    submission: str
+    submitter: str
+    time_mean_s: float
+    time_std_s: float | None
+    n: int
+    metric_mean: float | None
+    p_value: float | None
+    previous_time_s: float | None
+    set_at: datetime

@@ -1,0 +1,276 @@
+"""Small hand-made run bundles from the golden model, for the leaderboard's tests and its benchmark.
+
+    from leaderboard.testing import golden_track_file, make_bundle, server_settings
+    track_toml = golden_track_file(tmp)                 # track "golden": d4 on 2 CPU threads, val bpb < 7
+    files = make_bundle(tmp / "b1", run_id="r1", seed=1)   # record.json, events.jsonl, ... as a run writes them
+    settings = server_settings(tmp, database_url=None)  # SQLite under tmp, the golden track and its resources
+
+The golden model (shared/golden/model/perturbed.safetensors: sequence_len 256, vocab 4096, 4 layers)
+scores val bpb 6.2985459 on 4 batches of 4x256 tokens of shared/data/pretrain's val shard with the
+golden tokenizer: the "claimed" value every honest bundle carries. `tamper=` makes the bundles the
+verifier must reject: "metric", "step_times", "step_times_consistent", "baseline_hash", "pickle".
+"""
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+from harness.provenance import ALL_FILES, NOT_CONTENT, code_hashes, tree_hash
+from leaderboard.settings import REPO, Settings, TrackResources
+
+SHARED = Path(os.environ.get("SPEEDRUN_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "golden"
+PRETRAIN = SHARED / "data" / "pretrain"
+GOLDEN_WEIGHTS = GOLDEN / "model" / "perturbed.safetensors"
+GOLDEN_TOKENIZER = GOLDEN / "tokenizer"
+GOLDEN_BPB = 6.2985459127604395  # golden/bpb/results.json "perturbed": B=4, T=256, 4 steps
+GOLDEN_CONFIG = {
+    "sequence_len": 256,
+    "vocab_size": 4096,
+    "n_layer": 4,
+    "n_head": 2,
+    "n_kv_head": 2,
+    "n_embd": 128,
+    "window_pattern": "SSSL",
+}
+PRETRAIN_HASH = "6446119e219fadcb2658af68eb068b8959af2838946c14705a3613f1e655581b"  # = cpu-books' pinned hash
+TRACK = "golden"
+THRESHOLD = 7.0
+
+TRACK_TOML = f'''name = "{TRACK}"
+version = 1
+description = "The golden d4 model on 2 CPU threads: the leaderboard's test track."
+provisional = true
+timing_rule = "sum of device-synchronized step times of steps > 10"
+price_per_hour = 0.10
+
+[hardware]
+kind = "cpu"
+cpu_threads = 2
+gpu_count = 0
+
+[dataset]
+source = "local"
+description = "shared/data/pretrain"
+content_hash = "{PRETRAIN_HASH}"
+
+[tokenizer]
+vocab_size = 4096
+max_chars = 1000000
+
+[target]
+metric = "val_bpb"
+higher_is_better = false
+threshold = {THRESHOLD}
+eval_tokens = 4096
+
+[baseline]
+depth = 4
+'''
+
+
+def available() -> str | None:
+    """Why the golden fixtures cannot be made here (None when they can)."""
+    for path in (GOLDEN_WEIGHTS, GOLDEN_TOKENIZER, PRETRAIN):
+        if not path.exists():
+            return f"{path} not found (set SPEEDRUN_SHARED to the shared/ folder)"
+    return None
+
+
+def golden_track_file(directory: Path) -> Path:
+    path = Path(directory) / f"{TRACK}.toml"
+    path.write_text(TRACK_TOML)
+    return path
+
+
+def server_settings(directory: Path, *, database_url: str | None = None, **overrides) -> Settings:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return Settings(
+        database_url=database_url or f"sqlite:///{directory / 'lb.db'}",
+        storage_dir=directory / "storage",
+        track_files=[golden_track_file(directory)],
+        track_resources={TRACK: TrackResources(data_dir=PRETRAIN, tokenizer_dir=GOLDEN_TOKENIZER)},
+        **{"cache_ttl_s": 0.0, **overrides},  # tests see every write at once
+    )
+
+
+def _events(n_steps: int, dt_s: float, t0: float, seed: int) -> list[dict]:
+    events, wall, total = [], t0, 0.0
+    for step in range(n_steps):
+        dt = dt_s * (1 + 0.01 * ((step * 7 + seed) % 5))  # a little jitter, deterministic
+        wall += dt + 0.002  # the trainer logs right after the step; the next one starts right after
+        total += dt if step > 10 else 0.0
+        loss = 8.3 - 1.5 * step / n_steps
+        events.append(
+            {
+                "event": "step",
+                "step": step,
+                "loss": loss,
+                "smooth_loss": loss + 0.05,
+                "lr_multiplier": 1.0,
+                "dt_s": dt,
+                "tokens_per_s": 16384 / dt,
+                "mfu": 1.5,
+                "train_time_s": total,
+                "wall": wall,
+            }
+        )
+    events.append({"event": "val", "step": n_steps, "val_bpb": GOLDEN_BPB, "wall": wall + 1.0})
+    return events
+
+
+def _telemetry(t0: float, t1: float) -> list[dict]:
+    rows = [
+        {
+            "kind": "info",
+            "t": 0.0,
+            "wall": t0,
+            "pid": 1,
+            "interval_s": 1.0,
+            "backend": "cpu",
+            "nvml": None,
+            "nvml_error": "NVML disabled",
+            "rapl_error": None,
+            "cpu_count": 2,
+        }
+    ]
+    n = int(t1 - t0) + 2
+    for i in range(n):
+        rows.append(
+            {
+                "kind": "sample",
+                "t": float(i),
+                "wall": t0 + i,
+                "cpu": {
+                    "cpu_percent": 90.0 + i % 7,
+                    "process_cpu_percent": 190.0,
+                    "rss_bytes": (900 + 3 * i) * 2**20,
+                    "n_processes": 1,
+                    "rapl_energy_j": 30.0 * i,
+                },
+            }
+        )
+    return rows
+
+
+def make_bundle(
+    directory: Path,
+    *,
+    run_id: str,
+    seed: int = 0,
+    submission: str = "golden-sub",
+    n_steps: int = 20,
+    dt_s: float = 0.5,
+    tamper: str | None = None,
+    provenance_cache: dict | None = None,
+) -> dict[str, Path]:
+    """Write a bundle's members into `directory`; returns {member name: path}."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    t0 = 1_700_000_000.0 + 1000 * seed
+    events = _events(n_steps, dt_s, t0, seed)
+    train_time_s = events[-2]["train_time_s"]
+    cache = provenance_cache if provenance_cache is not None else {}
+    if "code" not in cache:
+        cache["code"] = code_hashes(REPO)
+        cache["tokenizer"] = tree_hash(GOLDEN_TOKENIZER, include=ALL_FILES, exclude=NOT_CONTENT)
+    code = dict(cache["code"])
+    claimed_bpb = GOLDEN_BPB
+    if tamper == "metric":
+        claimed_bpb = 5.9  # better than the weights give
+    elif tamper == "baseline_hash":
+        code["baseline"] = "0" * 64
+    elif tamper in ("step_times", "step_times_consistent"):
+        for e in events:
+            if e["event"] == "step" and e["step"] > 10:
+                e["dt_s"] *= 0.5  # wall stamps untouched: the gaps now show the missing time
+        if tamper == "step_times_consistent":
+            train_time_s = sum(e["dt_s"] for e in events if e["event"] == "step" and e["step"] > 10)
+    elif tamper is not None and tamper != "pickle":
+        raise ValueError(f"unknown tamper {tamper!r}")
+    record = {
+        "schema_version": 1,
+        "run_id": run_id,
+        "status": "completed",
+        "official": True,
+        "unofficial_reasons": [],
+        "created": "2026-11-26T08:00:00+00:00",
+        "finished": "2026-11-26T08:05:00+00:00",
+        "command": ["speedrun", "run", submission],
+        "seed": seed,
+        "nproc": 1,
+        "resumed": 0,
+        "submission": {"name": submission, "hash": "a" * 64, "path": None, "reason": None},
+        "track": {"name": TRACK, "version": 1, "metric": "val_bpb", "threshold": THRESHOLD, "higher_is_better": False},
+        "config": {
+            "depth": 4,
+            "max_seq_len": 256,
+            "device_batch_size": 4,
+            "eval_tokens": 4096,
+            "save_every": -1,
+            "seed": seed,
+        },
+        "plan": {"num_iterations": n_steps},
+        "timing": {
+            "train_time_s": train_time_s,
+            "warmup_time_s": 5.0,
+            "setup_time_s": 1.0,
+            "eval_time_s": 1.0,
+            "checkpoint_time_s": 0.1,
+            "wall_time_s": train_time_s + 8,
+            "steps": n_steps,
+            "num_iterations": n_steps,
+        },
+        "result": {
+            "metric": "val_bpb",
+            "value": claimed_bpb,
+            "val_bpb": claimed_bpb,
+            "core": None,
+            "target_met": claimed_bpb < THRESHOLD,
+        },
+        "throughput": {"tokens_per_s": 32768.0, "mfu": 1.5},
+        "telemetry": {"energy_kwh": 0.00012 + 1e-6 * seed, "cost": 0.0003, "mean_power_w": 30.0},
+        "provenance": {
+            "code": code,
+            "submission": {"name": submission, "hash": "a" * 64},
+            "data": {"fingerprint": PRETRAIN_HASH, "num_files": 5, "bytes": 15104260},
+            "tokenizer": cache["tokenizer"],
+            "eval_bundle": None,
+            "git": {"commit": None, "dirty": None, "branch": None, "reason": "test fixture"},
+            "environment": {
+                "python": "3.11.7",
+                "torch": "2.13.0",
+                "cpu_model": "test CPU",
+                "cpu_count_logical": 2,
+                "cpu_count_available": 2,
+                "gpu_count": 0,
+                "gpus": [],
+            },
+            "config": {},
+            "seed": seed,
+        },
+        "files": {
+            "events": "events.jsonl",
+            "telemetry": "telemetry.jsonl",
+            "log": "train.log",
+            "checkpoint": f"checkpoints/step_{n_steps:06d}",
+        },
+        "error": None,
+    }
+    paths = {
+        name: directory / name
+        for name in ("record.json", "events.jsonl", "telemetry.jsonl", "model.safetensors", "meta.json", "train.log")
+    }
+    paths["record.json"].write_text(json.dumps(record, indent=1))
+    paths["events.jsonl"].write_text("".join(json.dumps(e) + "\n" for e in events))
+    paths["telemetry.jsonl"].write_text("".join(json.dumps(r) + "\n" for r in _telemetry(t0, events[-1]["wall"])))
+    paths["meta.json"].write_text(json.dumps({"step": n_steps, "model_config": GOLDEN_CONFIG, "tokenizer_dir": None}))
+    paths["train.log"].write_text(f"training d4 for {n_steps} steps (test fixture {run_id})\n")
+    if tamper == "pickle":
+        paths["model.safetensors"].write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    else:
+        shutil.copyfile(GOLDEN_WEIGHTS, paths["model.safetensors"])
+    return paths
