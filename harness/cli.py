@@ -6,6 +6,7 @@
     speedrun train --depth 4 --data-dir DIR --tokenizer DIR     # the frozen baseline trainer
     speedrun eval --checkpoint DIR --core --bpb                 # CORE / bits per byte
     speedrun tracks                                             # the tracks, targets, hardware
+    speedrun new my_idea                                        # scaffold a submission (plug-in)
     speedrun run baseline --track cpu-books --seeds 3           # a full run: data, train, eval, record
     speedrun resume RUN_ID                                      # continue a killed/preempted run
     speedrun stats RUN...                                       # mean ± std and the record p-value
@@ -157,6 +158,13 @@ def _calibrate(args):
     )
 
 
+def _new(args):
+    from submissions.scaffold import scaffold
+
+    path = scaffold(args.name)
+    print(f"created {path}: edit submission.py, then `speedrun run {args.name} --track cpu-books --seeds 3`")
+
+
 def _serve(args):
     from leaderboard.app import serve
 
@@ -264,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("new", help="scaffold a submission: every hook present, commented out, and a README")
+    p.add_argument("name", help="folder name under submissions/ (a Python identifier)")
+    p.set_defaults(func=_new)
 
     p = sub.add_parser("serve", help="serve the leaderboard (pages, API, chat)")
     p.add_argument("--host", default="127.0.0.1")

@@ -155,12 +155,14 @@ def submission_info(submission: str | os.PathLike, repo_root: str | os.PathLike 
     """
     if str(submission) == "baseline":
         return {"name": "baseline", "path": None, "hash": None, "reason": "the frozen baseline: see code hashes"}
-    candidates = [Path(submission), Path(repo_root) / "submissions" / str(submission).replace(".", "/")]
-    path = next((c for c in candidates if c.is_dir() or c.is_file()), None)
-    if path is None:
-        return {"name": Path(str(submission)).stem, "path": None, "hash": None, "reason": f"{submission} not found"}
+    from submissions.contract import SubmissionError, resolve
+
+    try:
+        name, path, _source = resolve(submission)
+    except SubmissionError as e:
+        return {"name": Path(str(submission)).stem, "path": None, "hash": None, "reason": str(e)}
     digest = tree_hash(path, include=ALL_FILES, exclude=NOT_CONTENT) if path.is_dir() else file_hash(path)
-    return {"name": path.stem, "path": str(path), "hash": digest, "reason": None}
+    return {"name": name, "path": str(path), "hash": digest, "reason": None}
 
 
 def eval_bundle_hash(bundle_dir: str | os.PathLike) -> str:

@@ -29,6 +29,8 @@ from baseline.tokenizer import Tokenizer, train_from_shards
 from harness import provenance, telemetry
 from harness.record import new_record, read_record, write_record
 from harness.tracks import Track
+from submissions.checks import check_submission
+from submissions.contract import check_eval_budget, load_submission
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("SPEEDRUN_CACHE", Path.home() / ".cache" / "speedrun"))
@@ -277,6 +279,10 @@ def run(
     overrides: dict | None = None,
 ) -> list[Path]:
     """Run `submission` on `track` once per seed; returns the run directories."""
+    if submission != "baseline":  # refuse a broken plug-in before any data or training work
+        plugin = load_submission(submission)
+        check_submission(plugin)
+        overrides = {**plugin.config_overrides, **(overrides or {})}
     reasons = preflight(track, nproc, nnodes)
     if reasons and not unofficial:
         raise Preflight(f"{'; '.join(reasons)}: run on the track's hardware, or pass --unofficial to run anyway")
@@ -300,6 +306,7 @@ def run(
         if track.target.metric == "val_bpb":
             config = replace(config, eval_tokens=track.target.eval_tokens)
         plan = plan_training(config, nproc * nnodes)  # fails here, before launching, on a bad shape
+        check_eval_budget(config, nproc * nnodes)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{track.name}-{submission_info['name']}-s{seed}"
         run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=False)

@@ -32,8 +32,24 @@ def load_hooks(submission: str) -> Hooks:
 
 
 def final_eval(spec: dict, run_dir: Path, runtime, result) -> dict:
-    """The track's target metric on the final weights (untimed)."""
+    """The track's target metric on the final weights (untimed), computed with the baseline's kernels.
+
+    The baseline's last in-training val bpb already is that; a submission's ran its own kernels, so
+    its checkpoint is reloaded into the frozen model (safetensors only) and evaluated again: no
+    submission code ever touches the score.
+    """
     out = {"val_bpb": result.val_bpb}
+    if spec["submission"] != "baseline" and result.checkpoint:
+        from baseline.checkpoint import load_model
+        from eval.bpb import val_bpb
+
+        config = TrainConfig(**spec["config"])
+        model, tokenizer, _ = load_model(result.checkpoint, runtime.device, runtime.compute_dtype)
+        out["val_bpb_in_training"] = result.val_bpb
+        out["val_bpb"] = val_bpb(
+            model, tokenizer, spec["data_dir"], tokens=config.eval_tokens, batch_size=config.device_batch_size,
+            seq_len=config.max_seq_len, rank=runtime.rank, world_size=runtime.world_size,
+        )["bpb"]  # fmt: skip
     if spec["target_metric"] == "core" and result.checkpoint:
         from eval.run import evaluate
 
