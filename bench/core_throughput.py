@@ -1,12 +1,14 @@
 """CORE scoring throughput: the batched scorer vs the one-example-per-forward reference, same model.
 
-    python -m bench.core_throughput [--model golden|nanochat-d4] [--tasks arc_easy winograd lambada_openai]
-                                    [--max-per-task 24] [--threads 2] [--json OUT]
+    python -m bench.core_throughput [--model golden|nanochat-d4] [--tasks arc_easy winograd lambada_openai | all]
+                                    [--max-per-task 24] [--threads 1] [--json OUT]
 
 Per task: examples/s of `eval.core.score_examples` and of `eval.core_reference.score_examples` on the
 same tokenised examples (tokenisation is not timed; it is shared), their ratio, and a check that
-every example got the same answer. Each side is warmed up on a few examples first and timed
-`--repeats` times; the best time counts (the box is shared, noise only ever adds time).
+every example got the same answer, then the same per task type (all its tasks' examples over all
+their time). Each side is warmed up on a few examples first and timed `--repeats` times; the best
+time counts (the box is shared, noise only ever adds time). One torch thread by default: on a
+shared 2-core box two OpenMP threads stall on each other and the noise swamps the comparison.
 
 Models (depth 4 both): `golden` = the golden trained model (n_embd 128, sequence_len 256, so sliding
 windows cut 10-shot prompts to their last ~640 tokens); `nanochat-d4` = nanochat's d4 shape (n_embd 256,
@@ -61,7 +63,7 @@ def main():
     p.add_argument("--model", choices=sorted(MODELS), default="golden")
     p.add_argument("--tasks", nargs="+", default=["arc_easy", "winograd", "lambada_openai"])
     p.add_argument("--max-per-task", type=int, default=24)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--eval-bundle", type=Path, default=SHARED / "data" / "eval_bundle")
     p.add_argument("--tokenizer", type=Path, default=SHARED / "golden" / "tokenizer")
@@ -103,8 +105,21 @@ def main():
             f"{label:34s} {spec.task_type:18s} {row['n']:4d} {row['reference_ex_per_s']:15.1f} "
             f"{row['batched_ex_per_s']:13.1f} {row['ratio']:6.1f}x  {'yes' if same else 'NO'}"
         )
+    print(f"{'per task type':34s} {'':18s} {'n':>4s}")
+    by_type: dict[str, list[dict]] = {}
+    for row in rows:
+        by_type.setdefault(row["type"], []).append(row)
+    summary = {}
+    for kind, group in by_type.items():
+        n = sum(r["n"] for r in group)
+        t_ref = sum(r["n"] / r["reference_ex_per_s"] for r in group)
+        t_bat = sum(r["n"] / r["batched_ex_per_s"] for r in group)
+        summary[kind] = {"n": n, "reference_ex_per_s": n / t_ref, "batched_ex_per_s": n / t_bat, "ratio": t_ref / t_bat}
+        print(f"{'':34s} {kind:18s} {n:4d} {n / t_ref:15.1f} {n / t_bat:13.1f} {t_ref / t_bat:6.1f}x")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "threads": args.threads, "tasks": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"model": args.model, "threads": args.threads, "tasks": rows, "types": summary}, indent=2)
+        )
 
 
 if __name__ == "__main__":

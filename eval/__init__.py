@@ -1,1 +1,12 @@
-"""eval"""
+"""The frozen evaluation: CORE (DCLM's 22 in-context tasks, nanochat's rules) and bits per byte.
+
+    bundle.py          where the CORE eval bundle lives, its download, reading core.yaml / csv / jsonl
+    core_tasks.py      examples -> prompts -> token rows and scored spans (nanochat core_eval.py)
+    core_reference.py  the slow reference: one example per forward, exactly nanochat's scoring
+    core.py            the batched evaluator: many examples per forward, the same answer per example
+    prefix_cache.py    the KV cache that lets all options of an example share their prompt's forward
+    bpb.py             bits per byte over a fixed budget of validation tokens
+    run.py             `evaluate(...)`, the result table, and `speedrun eval`
+
+Nothing here imports a submission: eval depends on `baseline` only.
+"""

@@ -1,23 +1,19 @@
 #!/usr/bin/env bash
-# The CPU speedrun, end to end on a laptop-class machine: tokenizer, baseline training, val bpb.
+# The CPU speedrun end to end: data check, tokenizer, baseline training, eval, run record, statistics.
 #
-#   bash scripts/cpu_speedrun.sh [DATA_DIR] [OUT_DIR]
+#   bash scripts/cpu_speedrun.sh [DATA_DIR] [SEEDS]
 #
-# DATA_DIR holds nanochat-format parquet shards (the last is the val split); without internet use
-# a local corpus such as ../shared/data/pretrain. The model is nanochat's d4 at the CPU settings
-# (head dim 64, vocab 8192, rows of 512 tokens, 16,384 tokens per step, full-context layers).
+# Runs the frozen baseline on the `cpu-books` track (nanochat d4 on 2 CPU threads over a pinned
+# public-domain books corpus in nanochat's parquet format; the last shard is validation). Without
+# internet, DATA_DIR is a local copy of that corpus such as ../shared/data/pretrain. Each seed
+# leaves runs/<run_id>/ with record.json, step events, telemetry, logs and the final checkpoint.
 set -euo pipefail
 DATA_DIR=${1:-../shared/data/pretrain}
-OUT_DIR=${2:-out/cpu_speedrun}
-STEPS=${STEPS:-40}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+SEEDS=${2:-1}
+RUNS_DIR=${RUNS_DIR:-runs}
 
-if [ ! -f "$OUT_DIR/tokenizer/tokenizer.json" ]; then
-  speedrun tokenizer train --data-dir "$DATA_DIR" --out "$OUT_DIR/tokenizer" --vocab-size 8192 --max-chars 50000000
-fi
-speedrun config --depth 4 --head-dim 64 --max-seq-len 512 --vocab-size 8192 --window-pattern L \
-  --device-batch-size 32 --total-batch-size 16384 --num-iterations "$STEPS"
-speedrun train --depth 4 --head-dim 64 --max-seq-len 512 --window-pattern L \
-  --device-batch-size 32 --total-batch-size 16384 --num-iterations "$STEPS" \
-  --eval-every 20 --eval-tokens 262144 \
-  --data-dir "$DATA_DIR" --tokenizer "$OUT_DIR/tokenizer" --out "$OUT_DIR/train"
+speedrun tracks
+before=$(ls -d "$RUNS_DIR"/*-cpu-books-baseline-* 2>/dev/null | wc -l || true)
+speedrun run baseline --track cpu-books --data-dir "$DATA_DIR" --seeds "$SEEDS" --runs-dir "$RUNS_DIR"
+mapfile -t new_runs < <(ls -d "$RUNS_DIR"/*-cpu-books-baseline-* | tail -n +"$((before + 1))")
+speedrun stats "${new_runs[@]}"
