@@ -147,7 +147,7 @@ def data_hash(
 _data_hash = data_hash  # collect() takes a precomputed fingerprint under the name `data_hash`
 
 
-def submission_info(submission: str | os.PathLike, repo_root: str | os.PathLike = REPO) -> dict:
+def submission_info(submission: str | os.PathLike) -> dict:
     """{name, path, hash} of a submission given as `baseline`, a folder or .py file, or a name under submissions/.
 
     `baseline` has no code of its own (hash None: the code hashes cover it); a name that resolves to
@@ -346,7 +346,7 @@ def collect(
         data = {"fingerprint": fingerprint, "num_files": len(files), "bytes": sum(f.stat().st_size for f in files)}
     return {
         "code": code_hashes(repo_root),
-        "submission": submission_info(submission, repo_root) if submission is not None else None,
+        "submission": submission_info(submission) if submission is not None else None,
         "data": data,
         "tokenizer": tree_hash(tokenizer_dir, include=ALL_FILES, exclude=NOT_CONTENT) if tokenizer_dir else None,
         "eval_bundle": eval_bundle_hash(eval_bundle) if eval_bundle else None,

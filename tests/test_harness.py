@@ -103,7 +103,9 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
     assert timing["eval_time_s"] > 0 and timing["wall_time_s"] > timing["train_time_s"] + timing["eval_time_s"]
     result = record["result"]
     assert result["metric"] == "val_bpb" and 0 < result["value"] < 10 and result["target_met"] is True
-    assert record["telemetry"]["backend"] in ("cpu", "nvml") and record["telemetry"]["n_samples"] >= 1
+    # Samples cover the whole run; the summary covers the timed steps (too short here for a 1 Hz sample).
+    samples = [json.loads(line) for line in (run_dir / "telemetry.jsonl").read_text().splitlines()]
+    assert [s for s in samples if s["kind"] == "sample"] and record["telemetry"]["backend"] in ("cpu", "nvml")
     prov = record["provenance"]
     assert prov["data"]["fingerprint"] == track.dataset.content_hash and prov["seed"] == 7
     assert len(prov["code"]["baseline"]) == 64

@@ -270,13 +270,17 @@ def test_environment_reports_gpus_when_cuda_is_there(monkeypatch):
 
 def test_submission_info_names_and_hashes_what_was_run(tmp_path):
     assert provenance.submission_info("baseline")["hash"] is None
-    folder = tmp_path / "submissions" / "fast_muon"
-    folder.mkdir(parents=True)
-    (folder / "submission.py").write_text("x = 1\n")
-    by_path = provenance.submission_info(folder, tmp_path)
-    by_name = provenance.submission_info("fast_muon", tmp_path)
-    assert by_path == by_name and by_path["name"] == "fast_muon" and by_path["hash"] == provenance.tree_hash(folder)
-    single = provenance.submission_info(folder / "submission.py", tmp_path)
-    assert single["hash"] == provenance.file_hash(folder / "submission.py") and single["name"] == "submission"
-    missing = provenance.submission_info("nope", tmp_path)
+    folder = REPO / "submissions" / "cosine_schedule"
+    by_path = provenance.submission_info(folder)
+    by_name = provenance.submission_info("cosine_schedule")
+    assert (
+        by_path == by_name
+        and by_path["name"] == "cosine_schedule"
+        and by_path["hash"]
+        == provenance.tree_hash(folder, include=provenance.ALL_FILES, exclude=provenance.NOT_CONTENT)
+    )
+    single = tmp_path / "fast_muon.py"
+    single.write_text("x = 1\n")
+    assert provenance.submission_info(single)["hash"] == provenance.file_hash(single)
+    missing = provenance.submission_info("nope")
     assert missing["hash"] is None and "not found" in missing["reason"]
