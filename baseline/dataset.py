@@ -13,21 +13,20 @@ import hashlib
 import json
 import os
 import threading
-import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import requests
 from tqdm import tqdm
+
+from baseline.download import file_sha256, transfer, with_retries
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 NUM_SHARDS = 6543
 VAL_SHARD = NUM_SHARDS - 1  # the last shard of the corpus is its val split, as in nanochat
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-_CHUNK_BYTES = 1 << 16  # small, so that a broken transfer loses little of what arrived
 
 
 def shard_name(index: int) -> str:
@@ -78,14 +77,6 @@ class Shard:
             raise ValueError(
                 f"cannot read row group {rg_idx} of shard {self.path}: {e}; delete it and download it again"
             ) from e
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_fingerprint(files: Iterable[str | os.PathLike]) -> str:
@@ -140,58 +131,33 @@ class _Downloader:
                 return dest
             dest.unlink()  # a stale or damaged copy: fetch it again
         tmp = dest.with_name(name + ".tmp")
-        attempt = 1
-        while True:
-            try:
-                size = self._transfer(f"{self.base_url}/{name}", tmp)
-                sha = file_sha256(tmp)
-                if expected_sha not in (None, sha):
-                    tmp.unlink()
-                    raise ValueError(f"sha256 of {name} is {sha}, {MANIFEST} says {expected_sha}")
-                os.replace(tmp, dest)
-                self._record(name, size, sha)
-                return dest
-            except (OSError, requests.RequestException, ValueError) as e:
-                if attempt >= self.retries:
-                    raise RuntimeError(
-                        f"download of {name} failed after {attempt} attempts ({e}); check the network "
-                        f"and run again (partial downloads resume), or fix {self.data_dir / MANIFEST}"
-                    ) from e
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-                attempt += 1
 
-    def _transfer(self, url: str, tmp: Path) -> int:
-        """Continue `tmp` from its current size with an HTTP Range request; return the full size."""
-        offset = tmp.stat().st_size if tmp.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with requests.get(url, headers=headers, stream=True, timeout=self.timeout_s) as r:
-            if r.status_code == 416:
-                # Nothing left to send: either the partial file is already complete (killed just
-                # before the rename) or it is longer than the file, then start over.
-                if r.headers.get("Content-Range", "").endswith(f"/{offset}"):
-                    return offset
+        def attempt() -> Path:
+            sized = lambda total, offset: self._sized(name, total, offset)  # noqa: E731
+            size = transfer(f"{self.base_url}/{name}", tmp, self.timeout_s, sized, self._advance)
+            sha = file_sha256(tmp)
+            if expected_sha not in (None, sha):
                 tmp.unlink()
-                raise OSError(f"server refused to resume {url} at byte {offset}")
-            r.raise_for_status()
-            if r.status_code == 206:
-                total = int(r.headers["Content-Range"].rsplit("/", 1)[1])
-            else:  # 200: the server sent the whole file (it may not support ranges)
-                offset = 0
-                total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
-            with self.lock:  # the bar counts the bytes still to fetch, each file's once
-                if total is not None and url not in self.sized:
-                    self.sized.add(url)
-                    self.bar.total = (self.bar.total or 0) + total - offset
-                    self.bar.refresh()
-            with open(tmp, "ab" if offset else "wb") as f:
-                for chunk in r.iter_content(_CHUNK_BYTES):
-                    f.write(chunk)
-                    with self.lock:
-                        self.bar.update(len(chunk))
-        size = tmp.stat().st_size
-        if total is not None and size != total:
-            raise OSError(f"{url} ended at byte {size} of {total}")
-        return size
+                raise ValueError(f"sha256 of {name} is {sha}, {MANIFEST} says {expected_sha}")
+            os.replace(tmp, dest)
+            self._record(name, size, sha)
+            return dest
+
+        fix = f"check the network and run again (partial downloads resume), or fix {self.data_dir / MANIFEST}"
+        return with_retries(
+            attempt, what=f"download of {name}", fix=fix, retries=self.retries, backoff_s=self.backoff_s
+        )
+
+    def _sized(self, name: str, total: int | None, offset: int) -> None:
+        with self.lock:  # the bar counts the bytes still to fetch, each file's once (not again on a retry)
+            if total is not None and name not in self.sized:
+                self.sized.add(name)
+                self.bar.total = (self.bar.total or 0) + total - offset
+                self.bar.refresh()
+
+    def _advance(self, n: int) -> None:
+        with self.lock:
+            self.bar.update(n)
 
     def _record(self, name: str, size: int, sha256: str) -> None:
         with self.lock:

@@ -19,13 +19,13 @@ import json
 import os
 import shutil
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
 import yaml
+
+from baseline.download import file_sha256, transfer, with_retries
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 ENV_VAR = "SPEEDRUN_EVAL_BUNDLE"
@@ -58,7 +58,6 @@ CORE_TASKS = (
     "boolq",
     "bigbench_language_identification",
 )
-_CHUNK_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -115,17 +114,10 @@ def download_bundle(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".zip.tmp")
-    for attempt in range(1, retries + 1):
-        try:
-            size = _transfer(url, tmp, timeout_s)
-            break
-        except (OSError, requests.RequestException) as e:
-            if attempt == retries:
-                raise RuntimeError(
-                    f"download of {url} failed after {attempt} attempts ({e}); check the network and run "
-                    f"again (the partial file {tmp} resumes), or pass --eval-bundle DIR"
-                ) from e
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+    fix = f"check the network and run again (the partial file {tmp} resumes), or pass --eval-bundle DIR"
+    size = with_retries(
+        lambda: transfer(url, tmp, timeout_s), what=f"download of {url}", fix=fix, retries=retries, backoff_s=backoff_s
+    )
     sha = file_sha256(tmp)
     if expected_sha256 is not None and sha != expected_sha256:
         tmp.unlink()
@@ -134,31 +126,6 @@ def download_bundle(
     (dest / DOWNLOAD_RECORD).write_text(json.dumps({"url": url, "zip_sha256": sha, "zip_bytes": size}, indent=1))
     tmp.unlink()
     return dest
-
-
-def _transfer(url: str, tmp: Path, timeout_s: float) -> int:
-    """Continue `tmp` from its current size with an HTTP Range request; return the full size."""
-    offset = tmp.stat().st_size if tmp.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with requests.get(url, headers=headers, stream=True, timeout=timeout_s) as r:
-        if r.status_code == 416:  # nothing left to send: complete already, or longer than the file
-            if r.headers.get("Content-Range", "").endswith(f"/{offset}"):
-                return offset
-            tmp.unlink()
-            raise OSError(f"server refused to resume {url} at byte {offset}")
-        r.raise_for_status()
-        if r.status_code == 206:
-            total = int(r.headers["Content-Range"].rsplit("/", 1)[1])
-        else:  # 200: the whole file (the server ignored the range)
-            offset = 0
-            total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
-        with open(tmp, "ab" if offset else "wb") as f:
-            for chunk in r.iter_content(_CHUNK_BYTES):
-                f.write(chunk)
-    size = tmp.stat().st_size
-    if total is not None and size != total:
-        raise OSError(f"{url} ended at byte {size} of {total}")
-    return size
 
 
 def _unpack(zip_path: Path, dest: Path) -> None:
@@ -179,14 +146,6 @@ def _unpack(zip_path: Path, dest: Path) -> None:
         os.replace(roots[0], dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def content_sha256(bundle_dir: str | os.PathLike, specs: list[TaskSpec]) -> str:
