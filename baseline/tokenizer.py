@@ -18,7 +18,6 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import rustbpe
 import tiktoken
 import torch
 from safetensors.torch import load_file, save_file
@@ -205,6 +204,8 @@ def training_texts(
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE with `vocab_size` tokens in total: 256 bytes + merges + the 9 special tokens."""
+    import rustbpe  # only training needs it; machines that just encode (GPU boxes, servers) may lack it
+
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size {vocab_size} too small: need at least {256 + len(SPECIAL_TOKENS)}")
     bpe = rustbpe.Tokenizer()

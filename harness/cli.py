@@ -11,6 +11,7 @@
     speedrun resume RUN_ID                                      # continue a killed/preempted run
     speedrun stats RUN...                                       # mean ± std and the record p-value
     speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
+    speedrun chat-tune RUN_ID                                   # supervised fine-tune into a chat model
     speedrun serve                                              # the leaderboard (SQLite, or DATABASE_URL)
     speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
     speedrun verify --worker                                    # verify uploaded runs (several may run)
@@ -22,6 +23,7 @@
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from baseline import config as train_config
@@ -165,6 +167,15 @@ def _new(args):
     print(f"created {path}: edit submission.py, then `speedrun run {args.name} --track cpu-books --seeds 3`")
 
 
+def _chat_tune(args):
+    from harness.chat_tune import ChatTuneConfig, chat_tune
+    from harness.record import find_run
+
+    config = ChatTuneConfig(**{f.name: getattr(args, f.name) for f in fields(ChatTuneConfig)})
+    child = chat_tune(find_run(args.run, args.runs_dir), data_dir=args.data_dir, device=args.device, config=config)
+    print(f"chat model written to {child}")
+
+
 def _serve(args):
     from leaderboard.app import serve
 
@@ -276,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("new", help="scaffold a submission: every hook present, commented out, and a README")
     p.add_argument("name", help="folder name under submissions/ (a Python identifier)")
     p.set_defaults(func=_new)
+
+    p = sub.add_parser("chat-tune", help="turn a run's base model into a chat model (short SFT, untimed)")
+    p.add_argument("run", help="run id or run directory")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data/chat"), help="train.jsonl + val.jsonl")
+    p.add_argument("--device", default="cpu")
+    from harness.chat_tune import ChatTuneConfig
+
+    for f in fields(ChatTuneConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else int,
+                       default=f.default)  # fmt: skip
+    p.set_defaults(func=_chat_tune)
 
     p = sub.add_parser("serve", help="serve the leaderboard (pages, API, chat)")
     p.add_argument("--host", default="127.0.0.1")

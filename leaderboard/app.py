@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from leaderboard import crud
 from leaderboard.db import get_engine, migrate
-from leaderboard.routers import admin, pages, runs, submissions, tracks
+from leaderboard.routers import admin, chat, pages, runs, submissions, tracks
 from leaderboard.settings import Settings, database_url, get_settings
 
 UPLOAD_PATH = "/api/runs"
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (tracks, runs, submissions, admin):
         app.include_router(module.router)
     app.include_router(pages.router)
+    app.include_router(chat.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
 
     @app.get("/healthz", tags=["meta"], summary="Liveness")
