@@ -36,12 +36,22 @@ def backend(dtype: torch.dtype, device: torch.device) -> str:
     return "sdpa"
 
 
-@functools.lru_cache(maxsize=32)
-def _window_mask(t_q: int, t_k: int, window: int, device: torch.device) -> torch.Tensor:
+def _build_window_mask(t_q: int, t_k: int, window: int, device: torch.device) -> torch.Tensor:
     """Boolean (t_q, t_k) mask, True = attend. Query row r sits at absolute position r + (t_k - t_q)."""
     row = torch.arange(t_q, device=device).unsqueeze(1) + (t_k - t_q)
     col = torch.arange(t_k, device=device).unsqueeze(0)
     return (col <= row) & (row - col <= window)
+
+
+_cached_window_mask = functools.lru_cache(maxsize=32)(_build_window_mask)
+
+
+def _window_mask(t_q: int, t_k: int, window: int, device: torch.device) -> torch.Tensor:
+    # Eager: build each mask once. Compiled: build it in the graph, where it is folded into the
+    # kernel; an lru_cache call would break the graph at every short-window layer.
+    if torch.compiler.is_compiling():
+        return _build_window_mask(t_q, t_k, window, device)
+    return _cached_window_mask(t_q, t_k, window, device)
 
 
 def _sdpa(q, k, v, window: int):
