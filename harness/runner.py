@@ -173,7 +173,7 @@ def execute(run_dir: Path, record: dict, *, nproc=1, nnodes=1, node_rank=0, rdzv
     proc, log = _launch(run_dir, nproc, nnodes, node_rank, rdzv, env)
     old_handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     progress = _Progress(run_dir / "events.jsonl", record["plan"]["num_iterations"])
-    sampler = telemetry.TelemetrySampler(run_dir / "telemetry.jsonl", pid=proc.pid)
+    sampler = telemetry.TelemetrySampler(run_dir / _telemetry_file(record), pid=proc.pid)
     try:
         with sampler:
             while proc.poll() is None:
@@ -205,6 +205,27 @@ def _timed_window(run_dir: Path) -> tuple[float | None, float | None]:
     if not timed:
         return None, None
     return timed[0]["wall"] - timed[0]["dt_s"], timed[-1]["wall"]
+
+
+def _telemetry_file(record: dict) -> str:
+    """Each launch samples into its own file (a resumed run restarts the clock): telemetry.jsonl, telemetry.1.jsonl."""
+    return "telemetry.jsonl" if not record["resumed"] else f"telemetry.{record['resumed']}.jsonl"
+
+
+def _summarize_telemetry(run_dir: Path, samples_path: Path) -> dict:
+    """The summary over the timed steps this launch sampled (a resumed run: its last launch's share)."""
+    samples = telemetry.read_samples(samples_path)
+    walls = [s["wall"] for s in samples if s.get("kind") == "sample"]
+    t0, t1 = _timed_window(run_dir)
+    if walls and t0 is not None:
+        t0, t1 = max(t0, walls[0]), min(t1, walls[-1])
+    if t0 is None or not walls or t0 >= t1:
+        t0 = t1 = None  # no timed step inside this launch's samples: summarize the whole launch
+    spec = json.loads((run_dir / "run.json").read_text())
+    summary = telemetry.summarize(
+        samples, wall_start=t0, wall_end=t1, price_per_gpu_hour=spec["price_per_hour"], gpu_count=spec["gpu_count"]
+    )
+    return {**summary, "file": samples_path.name}
 
 
 def finish(run_dir: Path, record: dict, returncode: int, killed: bool) -> dict:
@@ -244,17 +265,12 @@ def finish(run_dir: Path, record: dict, returncode: int, killed: bool) -> dict:
         "core": (core or {}).get("core"),
         "target_met": met,
     }
-    samples_path = run_dir / "telemetry.jsonl"
+    samples_path = run_dir / _telemetry_file(record)
     if samples_path.is_file():
-        t0, t1 = _timed_window(run_dir)
-        spec = json.loads((run_dir / "run.json").read_text())
-        record["telemetry"] = telemetry.summarize(
-            telemetry.read_samples(samples_path),
-            wall_start=t0,
-            wall_end=t1,
-            price_per_gpu_hour=spec["price_per_hour"],
-            gpu_count=spec["gpu_count"],
-        )
+        try:
+            record["telemetry"] = _summarize_telemetry(run_dir, samples_path)
+        except Exception as e:  # noqa: BLE001 -- a telemetry problem must never cost the record
+            record["telemetry"] = {"error": f"{type(e).__name__}: {e}", "file": samples_path.name}
     if status != "completed":
         record["official"] = False
         if f"status {status}" not in record["unofficial_reasons"]:
