@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+THREADS = 40  # anyio's default worker threads for sync endpoints: at most this many sessions at once
 
 
 def is_sqlite(url: str) -> bool:
@@ -28,7 +29,11 @@ def is_sqlite(url: str) -> bool:
 def get_engine(url: str) -> Engine:
     if is_sqlite(url):
         # check_same_thread: FastAPI runs sync endpoints on a thread pool; SQLite serialises writers itself.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # One connection per worker thread (anyio's pool has 40): a smaller pool makes requests queue for a
+        # connection under load and time out as 500s.
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=THREADS, max_overflow=10
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record):
@@ -39,7 +44,7 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=THREADS)
 
 
 def alembic_config(url: str) -> Config:
