@@ -113,6 +113,7 @@ def _rank_worker(rank: int, world: int, port: int, golden_dir: str, out_dir: str
         token_bytes = Tokenizer.load(golden / "tokenizer").token_bytes()
         result = evaluate_bpb(golden_model(golden, "trained_step6"), mine, token_bytes, steps=2)
         Path(out_dir, f"rank{rank}.txt").write_text(repr(result["bpb"]))
+        dist.barrier()  # gloo aborts if a rank tears down while the other still talks
     finally:
         dist.destroy_process_group()
 

@@ -281,6 +281,7 @@ def _rank_worker(rank: int, world: int, port: int, out_dir: str):
         result = evaluate_task(model, tok, BUNDLE, spec, 12)
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
             json.dump(result, f)
+        dist.barrier()  # gloo aborts if a rank tears down while the other still talks
     finally:
         dist.destroy_process_group()
 
