@@ -32,3 +32,12 @@ def pretrain_dir() -> Path:
 
 def load_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one torch thread (and leave the other core alone); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import requests
-import torch
 from safetensors.torch import load_file
 
 from baseline.checkpoint import build_model, load_state_into, read_meta, save_checkpoint
@@ -28,13 +27,7 @@ CONVO = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models decode faster on one thread (and leave the other core alone)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")

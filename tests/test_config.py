@@ -241,11 +241,7 @@ def test_to_dict_is_json_and_describe_shows_the_numbers():
         "--target-param-data-ratio",
     ):
         assert needle in text
-    labels = [
-        line.split()[0]
-        for line in text.splitlines()
-        if line.startswith("  adamw") or line.startswith("  muon")
-    ]
+    labels = [line.split()[0] for line in text.splitlines() if line.startswith("  adamw") or line.startswith("  muon")]
     assert labels == [g["kind"] for g in p.param_groups]
 
 
@@ -256,9 +252,7 @@ def test_optimizer_kwargs_and_schedule_come_from_the_plan():
     with torch.device("meta"):
         model = GPT(p.model_config)
     groups = build_param_groups(model, **p.optimizer_kwargs())
-    assert [(g["lr"], g["weight_decay"]) for g in groups] == [
-        (g["lr"], g["weight_decay"]) for g in p.param_groups
-    ]
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(g["lr"], g["weight_decay"]) for g in p.param_groups]
     schedule = p.schedule()
     assert (schedule.num_iterations, schedule.warmdown_iters) == (p.num_iterations, p.warmdown_steps)
     assert schedule.muon_weight_decay(0) == p.weight_decay_scaled

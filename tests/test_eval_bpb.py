@@ -23,12 +23,7 @@ from tests.test_gpt import GOLDEN_CONFIG
 MODELS = {"perturbed": "model/perturbed.safetensors", "trained_step6": "optim/state_step6.safetensors"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")

@@ -40,12 +40,7 @@ TINY = {
 MIXED_TASKS = ["arc_easy", "copa", "winograd", "lambada_openai", "bigbench_operators", "squad"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run faster on one thread
 
 
 @pytest.fixture(scope="module")

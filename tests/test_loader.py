@@ -39,9 +39,7 @@ class RememberingTokenizer:
 
     def encode(self, texts: list[str], prepend: int, num_threads: int) -> list[list[int]]:
         new = [t for t in dict.fromkeys(texts) if (t, prepend) not in self.seen]
-        for text, ids in zip(
-            new, self.tok.encode(new, prepend=prepend, num_threads=num_threads), strict=True
-        ):
+        for text, ids in zip(new, self.tok.encode(new, prepend=prepend, num_threads=num_threads), strict=True):
             self.seen[text, prepend] = ids
         return [self.seen[t, prepend] for t in texts]
 

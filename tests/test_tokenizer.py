@@ -17,9 +17,7 @@ def golden_tok(golden):
 
 @pytest.fixture(scope="module")
 def encode_tests(golden):
-    return [
-        json.loads(line) for line in (golden / "tokenizer" / "encode_tests.jsonl").read_text().splitlines()
-    ]
+    return [json.loads(line) for line in (golden / "tokenizer" / "encode_tests.jsonl").read_text().splitlines()]
 
 
 def test_golden_tokenizer_loads_with_nanochat_special_token_ids(golden_tok, golden):
@@ -71,13 +69,9 @@ def test_training_text_stream_matches_tok_train(pretrain_dir):
 
 def test_training_reproduces_golden_tokenizer(pretrain_dir, golden, tmp_path):
     # ~1 s of rustbpe training on 20M characters.
-    tok = train_from_shards(
-        pretrain_dir, tmp_path / "tok", vocab_size=4096, max_chars=20_000_000, doc_cap=10_000
-    )
+    tok = train_from_shards(pretrain_dir, tmp_path / "tok", vocab_size=4096, max_chars=20_000_000, doc_cap=10_000)
     gold = golden / "tokenizer"
-    assert (tmp_path / "tok" / "tokenizer.tiktoken").read_bytes() == (
-        gold / "tokenizer.tiktoken"
-    ).read_bytes()
+    assert (tmp_path / "tok" / "tokenizer.tiktoken").read_bytes() == (gold / "tokenizer.tiktoken").read_bytes()
     assert load_json(tmp_path / "tok" / "tokenizer.json") == load_json(gold / "tokenizer.json")
     tb = load_file(tmp_path / "tok" / "token_bytes.safetensors")["token_bytes"]
     assert torch.equal(tb, load_file(gold / "token_bytes.safetensors")["token_bytes"])
@@ -89,9 +83,7 @@ def test_save_load_round_trip_and_overwrite(golden_tok, encode_tests, golden, tm
     golden_tok.save(out)
     golden_tok.save(out)  # saving over an existing tokenizer replaces it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no temp dirs left behind
-    assert (out / "tokenizer.tiktoken").read_bytes() == (
-        golden / "tokenizer" / "tokenizer.tiktoken"
-    ).read_bytes()
+    assert (out / "tokenizer.tiktoken").read_bytes() == (golden / "tokenizer" / "tokenizer.tiktoken").read_bytes()
     again = Tokenizer.load(out)
     assert again.config() == golden_tok.config()
     assert [again.encode(c["text"]) for c in encode_tests] == [c["ids"] for c in encode_tests]

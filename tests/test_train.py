@@ -125,9 +125,7 @@ def test_timed_seconds_exclude_eval_checkpoints_and_warmup(tmp_path):
     assert max(e["dt_s"] for e in step_events) < sleep_s
     assert len(events(tmp_path, "val")) == 8
     assert result.checkpoint_time_s > 0
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        f"step_{s:06d}" for s in (3, 6, 9, 12, 14)
-    ]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"step_{s:06d}" for s in (3, 6, 9, 12, 14)]
 
 
 def test_nan_loss_stops_the_run_as_diverged(tmp_path):
