@@ -47,8 +47,10 @@ def transfer(
             tmp.unlink()
             raise OSError(f"server refused to resume {url} at byte {offset}")
         r.raise_for_status()
-        if r.status_code == 206:
+        if r.status_code == 206 and "Content-Range" in r.headers:
             total = int(r.headers["Content-Range"].rsplit("/", 1)[1])
+        elif r.status_code == 206:  # a server that omits Content-Range: trust the length of the rest
+            total = offset + int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None
         else:  # 200: the server sent the whole file (it may not support ranges)
             offset = 0
             total = int(r.headers["Content-Length"]) if "Content-Length" in r.headers else None

@@ -20,7 +20,6 @@ the Hugging Face Hub by default): resumable (HTTP Range on a `.part` file), chec
 or taken from a local path; then converted to the messages format and split like shared/data/chat.
 """
 
-import hashlib
 import json
 import math
 import random
@@ -29,12 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import requests
 import torch
 
 from baseline.checkpoint import latest_checkpoint, load_model, save_checkpoint
 from baseline.config import TrainConfig
 from baseline.device import compute_dtype
+from baseline.download import file_sha256, transfer
 from baseline.engine import render_conversation
 from baseline.optim import MuonAdamW, build_param_groups
 from harness.record import now_iso, read_record, write_record
@@ -253,30 +252,12 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, timeout_s
     if dest.is_file() and (sha256 is None or file_sha256(dest) == sha256):
         return dest
     part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.is_file() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    with requests.get(url, headers=headers, stream=True, timeout=timeout_s) as r:
-        if r.status_code == 416:  # the part file is already whole
-            pass
-        else:
-            r.raise_for_status()
-            mode = "ab" if have and r.status_code == 206 else "wb"  # 200: the server ignored Range, start over
-            with open(part, mode) as f:
-                for chunk in r.iter_content(1 << 20):
-                    f.write(chunk)
+    transfer(url, part, timeout_s)
     if sha256 is not None and (got := file_sha256(part)) != sha256:
         part.unlink()
         raise ValueError(f"{url} has sha256 {got}, expected {sha256}: the download was deleted, try again")
     part.replace(dest)
     return dest
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def to_messages(record: dict) -> dict | None:
