@@ -11,10 +11,14 @@ golden tokenizer: the "claimed" value every honest bundle carries. `tamper=` mak
 verifier must reject: "metric", "step_times", "step_times_consistent", "baseline_hash", "pickle".
 """
 
+import contextlib
 import json
 import os
 import pickle
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
 
 from harness.provenance import ALL_FILES, NOT_CONTENT, code_hashes, tree_hash
@@ -274,3 +278,26 @@ def make_bundle(
     else:
         shutil.copyfile(GOLDEN_WEIGHTS, paths["model.safetensors"])
     return paths
+
+
+@contextlib.contextmanager
+def serve_in_thread(app):
+    """Serve `app` with uvicorn on a free 127.0.0.1 port in a daemon thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise RuntimeError("uvicorn did not start within 20 s")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

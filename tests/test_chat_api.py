@@ -7,7 +7,6 @@ skips without the `openai` package, the browser test without chromium/chromedriv
 
 import json
 import shutil
-import socket
 import threading
 import time
 
@@ -301,26 +300,15 @@ def test_a_chat_tuned_child_is_served_chat_style_and_turns_are_checked(served_en
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, bundles):
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     tmp = tmp_path_factory.mktemp("live")
     env = make_env(tmp, f"sqlite:///{tmp / 'lb.db'}")
     for name in ("slow0", "slow1"):
         assert upload(env, bundles[name], env.alice).status_code == 201
     mark_verified(env, "slow0", "slow1")
     assert attach(env).refresh()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(env.client.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield env, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with testing.serve_in_thread(env.client.app) as url:
+        yield env, url
 
 
 def test_the_openai_client_streams_and_completes_against_the_server(live):

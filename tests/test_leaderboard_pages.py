@@ -7,13 +7,11 @@ installs them).
 """
 
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from leaderboard import testing
 from leaderboard.worker import verify_worker
 from tests.test_leaderboard_api import golden_bundles, make_env, upload  # noqa: F401 -- shared fixtures
 
@@ -22,26 +20,15 @@ CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"),
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, golden_bundles):  # noqa: F811
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     tmp = tmp_path_factory.mktemp("site")
     env = make_env(tmp, f"sqlite:///{tmp / 'lb.db'}")
     for name in ("r0", "r1", "r2"):
         assert upload(env, golden_bundles[name], env.alice).status_code == 201
     assert upload(env, golden_bundles["metric"], env.bob).status_code == 201
     verify_worker(once=True, settings=env.settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(env.client.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with testing.serve_in_thread(env.client.app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

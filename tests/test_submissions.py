@@ -26,20 +26,10 @@ from submissions.checks import CHECKED_KINDS, check_kernels, check_optimizer, ch
 from submissions.contract import ALLOWED_OVERRIDES, FORBIDDEN_OVERRIDES, KERNEL_SPECS, check_eval_budget
 from submissions.scaffold import scaffold
 from tests.conftest import GOLDEN, PRETRAIN, REPO
+from tests.test_train import TINY as TRAIN_TINY
 
 SUBMISSIONS = sorted(p.name for p in (REPO / "submissions").iterdir() if (p / "submission.py").is_file())
-TINY = TrainConfig(
-    depth=1,
-    aspect_ratio=128,
-    head_dim=64,
-    max_seq_len=128,
-    vocab_size=4096,
-    device_batch_size=2,
-    total_batch_size=256,
-    num_iterations=1,
-    eval_every=-1,
-    window_pattern="L",
-)
+TINY = replace(TRAIN_TINY, total_batch_size=256, num_iterations=1)  # one step of test_train's tiny model
 
 
 @functools.cache
