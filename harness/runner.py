@@ -125,6 +125,7 @@ class _Progress:
 
     def __init__(self, events_path: Path, total_steps: int, stream=sys.stdout):
         self.path, self.offset, self.stream, self.total = events_path, 0, stream, total_steps
+        self.file_id = None  # (inode, device) of the file read so far
         self.tty = stream.isatty()
         self.last_print = 0.0
 
@@ -133,7 +134,7 @@ class _Progress:
             return
         with open(self.path) as f:
             stat = os.fstat(f.fileno())
-            if (stat.st_ino, stat.st_dev) != getattr(self, "file_id", None) or stat.st_size < self.offset:
+            if (stat.st_ino, stat.st_dev) != self.file_id or stat.st_size < self.offset:
                 self.file_id, self.offset = (stat.st_ino, stat.st_dev), 0  # a resumed run rewrote the file
             f.seek(self.offset)
             lines = f.readlines()
