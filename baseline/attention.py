@@ -20,7 +20,7 @@ def _flash_attention_3():
     if os.environ.get("SPEEDRUN_ATTENTION", "") == "sdpa" or not torch.cuda.is_available():
         return None
     try:
-        from kernels import get_kernel
+        from kernels import get_kernel  # optional: fetches FA3 from the Hugging Face Hub, CUDA only
 
         major, _ = torch.cuda.get_device_capability()
         repo = "varunneal/flash-attention-3" if major == 9 else "kernels-community/flash-attn3"

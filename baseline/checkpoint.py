@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `<run>/checkpoints/step_000123/` holding
 - `model.safetensors`: the model's state_dict with nanochat's keys;
-- `meta.json`: `step`, `model_config` (GPTConfig fields), `tokenizer_dir`, and what the trainer
+- `meta.json`: `step`, `model_config` (GPTConfig fields), `tokenizer_hash` (its content hash: the
+  tokenizer is found by it in the cache, or passed explicitly), and what the trainer
   needs to resume (train config, loader state, loop state);
 - `optim_rank{r}.safetensors` + `optim_rank{r}.json`: each rank's (sharded) optimizer state, tensors
   in safetensors and the rest (param groups, scalar state) in JSON.
@@ -21,6 +22,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from baseline.gpt import GPT, GPTConfig
+from baseline.tokenizer import Tokenizer
+from protocol.paths import find_tokenizer
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -150,13 +153,14 @@ def load_state_into(model: GPT, state: dict[str, torch.Tensor]):
 
 def load_model(checkpoint_dir: str | Path, device="cpu", compute_dtype=torch.float32, tokenizer_dir=None):
     """(model, tokenizer, meta) from a checkpoint; the tokenizer must match the model's vocab."""
-    from baseline.tokenizer import Tokenizer
-
     meta = read_meta(checkpoint_dir)
     config = GPTConfig(**meta["model_config"])
-    tok_dir = tokenizer_dir or meta.get("tokenizer_dir")
+    tok_dir = tokenizer_dir or (find_tokenizer(meta["tokenizer_hash"]) if meta.get("tokenizer_hash") else None)
     if tok_dir is None:
-        raise ValueError(f"{checkpoint_dir}/meta.json names no tokenizer_dir: pass --tokenizer DIR")
+        raise ValueError(
+            f"{checkpoint_dir}: its tokenizer (hash {str(meta.get('tokenizer_hash'))[:12]}…) is not in this machine's "
+            "cache: pass --tokenizer DIR"
+        )
     tokenizer = Tokenizer.load(tok_dir)
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Pretraining shards: listing, train/val split, reading, hashing and downloading.
+"""Pretraining shards: listing, train/val split, reading and downloading (content hashes: protocol/hashing.py).
 
 A data directory holds nanochat's parquet shards `shard_{i:05d}.parquet` (one string column
 `text`). Files are taken in name order and the **last file is the validation split**, all the
@@ -9,7 +9,6 @@ repacked by Karpathy as the HF dataset `karpathy/climbmix-400b-shuffle` (shards 
     speedrun data download --num-shards 170 --data-dir DIR
 """
 
-import hashlib
 import json
 import os
 import threading
@@ -20,7 +19,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from baseline.download import file_sha256, transfer, with_retries
+from baseline.download import transfer, with_retries
+from protocol.hashing import file_sha256
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 NUM_SHARDS = 6543
@@ -77,15 +77,6 @@ class Shard:
             raise ValueError(
                 f"cannot read row group {rg_idx} of shard {self.path}: {e}; delete it and download it again"
             ) from e
-
-
-def data_fingerprint(files: Iterable[str | os.PathLike]) -> str:
-    """sha256 over the sorted `name sha256` lines of the files: the content of a set of shards.
-
-    Names are part of it because the split and the stream order follow the names.
-    """
-    lines = sorted(f"{Path(p).name} {file_sha256(p)}\n" for p in files)
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict[str, dict]:

@@ -6,6 +6,7 @@ device synchronize that bounds every timed step, and the peak-FLOPs table behind
 """
 
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -153,6 +154,4 @@ def peak_flops(device: torch.device) -> float:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
     return platform.processor() or platform.machine() or "cpu"

@@ -5,8 +5,6 @@ an interruption, checks the length the server announced, and only then may be re
 by the caller (who also checks the checksum it knows).
 """
 
-import hashlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +12,6 @@ from pathlib import Path
 import requests
 
 CHUNK_BYTES = 1 << 16  # small, so that a broken transfer loses little of what arrived
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def transfer(

@@ -25,7 +25,6 @@ from baseline.attention import attention_with_cache
 from baseline.gpt import GPT
 
 STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")
-ROLES = ("system", "user", "assistant")
 
 
 # ------------------------------------------------------------------ the chat format (nanochat tokenizer.py)

@@ -1,15 +1,14 @@
 """The frozen training loop: nanochat's base_train, one process or many (`torchrun`), CPU or CUDA.
 
 Run it through the CLI: `speedrun train --depth 4 --data-dir ../shared/data/pretrain --tokenizer DIR`
-(or `torchrun --nproc_per_node=N -m harness.cli train ...`). Everything a plug-in may change comes
+(or `torchrun --nproc_per_node=N -m speedrun train ...`). Everything a plug-in may change comes
 in through `baseline.hooks.Hooks`; nothing here needs editing for a submission.
 
-Timing follows nanochat exactly (fact sheet §8): a step's dt runs from a device synchronize before
-its first micro-step to one after `loss.item()`, and includes fetching the next batch, the schedule
-update and the optimizer step (all communication included). train_time_s = Σ dt over steps with
-index > 10, so compile warm-up is excluded; val-bpb evals, checkpoints, logging and set-up are
-outside every dt and reported separately. Each step's dt is the MAX over ranks, so every rank
-reports the same seconds.
+Timing follows nanochat (fact sheet §8): a step's dt runs from a device synchronize before its first
+micro-step to one after `loss.item()`, and includes fetching the next batch, the schedule update and
+the optimizer step (all communication included). Which steps count is protocol/timing.py's rule;
+val-bpb evals, checkpoints, logging and set-up are outside every dt and reported separately. Each
+step's dt is the MAX over ranks, so every rank reports the same seconds.
 """
 
 import gc
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from baseline.checkpoint import (
     build_model,
@@ -38,8 +38,9 @@ from baseline.fp8 import convert_to_fp8, disabled_fp8
 from baseline.hooks import Hooks, apply_schedule
 from baseline.loader import bos_bestfit_batches
 from baseline.tokenizer import Tokenizer
+from protocol.hashing import ALL_FILES, NOT_CONTENT, tree_hash
+from protocol.timing import is_timed
 
-UNTIMED_STEPS = 11  # steps 0..10 carry compile warm-up; nanochat sums dt only for step > 10
 EMA_BETA = 0.9  # smoothing of the logged train loss (debiased), as nanochat logs it
 
 
@@ -48,8 +49,8 @@ class TrainResult:
     status: str  # "completed" | "stopped" (stop_after_step reached) | "diverged"
     step: int  # optimizer steps taken
     num_iterations: int
-    train_time_s: float  # the timed seconds (Σ dt, step > 10)
-    warmup_time_s: float = 0.0  # Σ dt of steps 0..10 (compile warm-up), untimed
+    train_time_s: float  # the timed seconds (protocol/timing.py)
+    warmup_time_s: float = 0.0  # Σ dt of the untimed steps
     setup_time_s: float = 0.0
     eval_time_s: float = 0.0
     checkpoint_time_s: float = 0.0
@@ -124,6 +125,8 @@ def train(
     if tokenizer_dir is None and batches is None:
         raise ValueError("no tokenizer: pass --tokenizer DIR (write one with `speedrun tokenizer train`)")
     tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    # Checkpoints name their tokenizer by content, never by a path of this machine.
+    tokenizer_hash = tree_hash(tokenizer_dir, include=ALL_FILES, exclude=NOT_CONTENT) if tokenizer else None
     if tokenizer is not None and config.vocab_size != tokenizer.vocab_size:
         config = TrainConfig(**{**asdict(config), "vocab_size": tokenizer.vocab_size})
     plan = plan_training(config, runtime.world_size)
@@ -188,7 +191,7 @@ def train(
     def save(step: int):
         t0 = time.perf_counter()
         meta = {
-            "tokenizer_dir": str(Path(tokenizer_dir).resolve()) if tokenizer_dir is not None else None,
+            "tokenizer_hash": tokenizer_hash,
             "train_config": asdict(config),
             "plan": plan.to_dict(),
             "loader_state": _gather_states(loader_state, runtime),
@@ -249,15 +252,15 @@ def train(
         loss_value = sum_across_ranks(loss_value, device) / runtime.world_size
         # ----------------------------------------------------------------
 
-        if step < UNTIMED_STEPS:
-            result.warmup_time_s += dt
-        else:
+        if is_timed(step):
             result.train_time_s += dt
+        else:
+            result.warmup_time_s += dt
         smooth_loss = EMA_BETA * smooth_loss + (1 - EMA_BETA) * loss_value
         debiased = smooth_loss / (1 - EMA_BETA ** (step + 1))
         tokens_per_s = batch_tokens / dt
         mfu = 100 * flops_per_step / dt / peak
-        if step >= UNTIMED_STEPS:
+        if is_timed(step):
             steady_tokens_per_s.append(tokens_per_s)
         events.write(
             event="step",
@@ -308,8 +311,6 @@ def _gather_states(state: dict, runtime: Runtime) -> list[dict]:
     """Every rank's loader state, so each rank resumes its own shard of the stream."""
     if not runtime.is_distributed:
         return [state]
-    import torch.distributed as dist
-
     states = [None] * runtime.world_size
     dist.all_gather_object(states, state)
     return states

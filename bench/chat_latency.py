@@ -36,7 +36,7 @@ def build(seq_len: int, seed: int = 0):
     from baseline.checkpoint import build_model
     from baseline.gpt import GPTConfig
     from baseline.tokenizer import Tokenizer
-    from leaderboard.testing import GOLDEN_TOKENIZER
+    from tests.leaderboard_fixtures import GOLDEN_TOKENIZER
 
     tokenizer = Tokenizer.load(GOLDEN_TOKENIZER)
     config = GPTConfig(
@@ -94,12 +94,12 @@ def serve(port: int, seq_len: int, threads: int, stream_interval_s: float) -> No
     """The child process: the leaderboard app with the random model swapped in."""
     import uvicorn
 
-    from leaderboard import testing
     from leaderboard.app import create_app
     from leaderboard.chat import ChatService, ChatSettings, local_served
+    from tests import leaderboard_fixtures as fixtures
 
     torch.set_num_threads(threads)
-    app = create_app(testing.server_settings(Path(tempfile.mkdtemp(prefix="chat-bench-"))))
+    app = create_app(fixtures.server_settings(Path(tempfile.mkdtemp(prefix="chat-bench-"))))
     app.state.chat = ChatService(
         ChatSettings(stream_interval_s=stream_interval_s), settings=app.state.settings, db=app.state.engine, poll=False
     )

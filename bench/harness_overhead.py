@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.tracks import load_track
+from protocol.tracks import load_track
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def main():
         env = {**os.environ, "SPEEDRUN_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "2"}
 
         def speedrun(*argv):
-            cmd = [sys.executable, "-m", "harness.cli", *map(str, argv)]
+            cmd = [sys.executable, "-m", "speedrun", *map(str, argv)]
             subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True)
 
         # One harness run first: it trains the tokenizer that the bare runs then reuse.

@@ -36,14 +36,14 @@ from sqlmodel import Session, select
 
 def populate(settings, n_runs: int, n_submissions: int) -> list[str]:
     """n_runs verified runs over n_submissions submissions of the golden track; returns the run ids."""
-    from leaderboard.app import prepare_database
-    from leaderboard.models import Run, Submission, Submitter, Track, Verification, utcnow
+    from leaderboard.db import prepare_database
+    from leaderboard.models import Run, Submission, Submitter, TrackRow, Verification, utcnow
     from leaderboard.ranking import update_standing
 
     engine = prepare_database(settings)
     rng = random.Random(0)
     with Session(engine) as session:
-        track = session.exec(select(Track).where(Track.name == "golden")).one()
+        track = session.exec(select(TrackRow).where(TrackRow.name == "golden")).one()
         submitters = [Submitter(name=f"user{i}") for i in range(max(1, n_submissions // 5))]
         session.add_all(submitters)
         session.flush()
@@ -186,16 +186,16 @@ def wait_up(base: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 def time_verification(tmp: Path) -> float:
-    from leaderboard import testing
-    from leaderboard.app import prepare_database
-    from leaderboard.bundle import stage, store
     from leaderboard.crud import create_run, get_or_create_submission, get_track
+    from leaderboard.db import prepare_database
     from leaderboard.models import Submitter
-    from leaderboard.worker import verify_worker
+    from leaderboard.uploads import stage, store
+    from leaderboard.verifier import verify_worker
+    from tests import leaderboard_fixtures as fixtures
 
-    settings = testing.server_settings(tmp / "verify")
+    settings = fixtures.server_settings(tmp / "verify")
     engine = prepare_database(settings)
-    paths = testing.make_bundle(tmp / "bundle", run_id="verify-me", seed=1)
+    paths = fixtures.make_bundle(tmp / "bundle", run_id="verify-me", seed=1)
     staged = stage(
         storage_dir=settings.storage_dir,
         files={n: open(p, "rb") for n, p in paths.items()},
@@ -236,11 +236,11 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = p.parse_args(argv)
 
-    from leaderboard import testing
+    from tests import leaderboard_fixtures as fixtures
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        settings = testing.server_settings(tmp)
+        settings = fixtures.server_settings(tmp)
         t0 = time.perf_counter()
         run_ids = populate(settings, args.runs, args.submissions)
         print(f"populated {args.runs:,} runs over {args.submissions} submissions in {time.perf_counter() - t0:.1f}s")

@@ -4,8 +4,9 @@
     python -m bench.nanochat_reference --side-by-side [--json OUT]    # ours, then nanochat, then a table
 
 nanochat is never copied into this repo: it runs from a work tree outside it (--nanochat, default
-/tmp/nanochat), which this script extracts with `git archive` from a nanochat git directory
-(--nanochat-git, e.g. a mirror of github.com/karpathy/nanochat) at --nanochat-commit when missing.
+$SPEEDRUN_CACHE/nanochat-<commit>), which this script extracts with `git archive` from a nanochat git
+directory (--nanochat-git or $NANOCHAT_GIT: a clone or mirror of github.com/karpathy/nanochat) at
+--nanochat-commit when missing.
 Each run gets a fresh NANOCHAT_BASE_DIR holding
   base_data_climbmix -> --data-dir           (nanochat takes the last shard as val, as we do)
   tokenizer/tokenizer.pkl, token_bytes.pt    (OUR cached tokenizer, pickled as RustBPETokenizer.save does)
@@ -28,9 +29,8 @@ import time
 from pathlib import Path
 
 from bench.train_throughput import REPO_ROOT, add_arguments, ensure_tokenizer, format_report, summarize
+from protocol.paths import cache_root
 
-DEFAULT_NANOCHAT = Path("/tmp/nanochat")
-DEFAULT_NANOCHAT_GIT = Path("/work/.mirror/karpathy+nanochat/repo")
 DEFAULT_COMMIT = "92d63d4"
 COMMIT_FILE = ".bench_commit"  # written next to the extracted tree: which commit it is
 SHARED_VALUE_FLAGS = (  # add_arguments' flags that take a value, passed on to ours in --side-by-side
@@ -216,11 +216,16 @@ def side_by_side_table(ours: dict, ref: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
-    parser.add_argument("--nanochat", type=Path, default=DEFAULT_NANOCHAT, help="nanochat work tree (outside the repo)")
-    parser.add_argument("--nanochat-git", type=Path, default=DEFAULT_NANOCHAT_GIT, help="git dir to extract it from")
+    parser.add_argument("--nanochat", type=Path, default=None, help="nanochat work tree (default: in the cache)")
+    parser.add_argument(
+        "--nanochat-git", type=Path, default=os.environ.get("NANOCHAT_GIT"), help="git dir to extract it from"
+    )
     parser.add_argument("--nanochat-commit", default=DEFAULT_COMMIT)
     parser.add_argument("--side-by-side", action="store_true", help="run ours first, then nanochat; print both")
     args = parser.parse_args(argv)
+    args.nanochat = args.nanochat or cache_root() / f"nanochat-{args.nanochat_commit}"
+    if args.nanochat_git is None and not (args.nanochat / COMMIT_FILE).is_file():
+        raise SystemExit("no nanochat checkout: pass --nanochat-git DIR (or set NANOCHAT_GIT) to extract one")
     if args.nanochat.resolve().is_relative_to(REPO_ROOT):
         raise SystemExit(f"--nanochat {args.nanochat} is inside this repo: keep nanochat's code outside it")
     ensure_nanochat(args.nanochat, args.nanochat_git, args.nanochat_commit)  # fail before the long run

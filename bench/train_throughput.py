@@ -27,10 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from protocol.paths import cache_root
+from protocol.timing import NANOCHAT_UNTIMED_STEPS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "pretrain"
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "speedrun-bench"
-UNTIMED_STEPS = 11  # steps 0..10 carry compile warm-up; the timer (and this median) starts at step 11
+DEFAULT_CACHE_DIR = cache_root() / "bench"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,22 +75,22 @@ def ensure_tokenizer(data_dir: Path, cache_dir: Path, vocab_size: int, max_chars
 
 def summarize(dts: list[float], mfus: list[float], tokens_per_step: int, flops_per_token: float) -> dict:
     """Steady-state numbers from per-step dt (s) and MFU (%), steps numbered from 0."""
-    if len(dts) <= UNTIMED_STEPS:
-        raise SystemExit(f"only {len(dts)} steps ran: need --steps >= {UNTIMED_STEPS + 1} for a steady state")
-    steady_dt = statistics.median(dts[UNTIMED_STEPS:])
-    tokens_per_s = statistics.median(tokens_per_step / dt for dt in dts[UNTIMED_STEPS:])
+    if len(dts) <= NANOCHAT_UNTIMED_STEPS:
+        raise SystemExit(f"only {len(dts)} steps ran: need --steps >= {NANOCHAT_UNTIMED_STEPS + 1} for a steady state")
+    steady_dt = statistics.median(dts[NANOCHAT_UNTIMED_STEPS:])
+    tokens_per_s = statistics.median(tokens_per_step / dt for dt in dts[NANOCHAT_UNTIMED_STEPS:])
     return dict(
         steps=len(dts),
-        steady_steps=len(dts) - UNTIMED_STEPS,
+        steady_steps=len(dts) - NANOCHAT_UNTIMED_STEPS,
         tokens_per_s=tokens_per_s,
-        tokens_per_s_min=tokens_per_step / max(dts[UNTIMED_STEPS:]),
-        tokens_per_s_max=tokens_per_step / min(dts[UNTIMED_STEPS:]),
+        tokens_per_s_min=tokens_per_step / max(dts[NANOCHAT_UNTIMED_STEPS:]),
+        tokens_per_s_max=tokens_per_step / min(dts[NANOCHAT_UNTIMED_STEPS:]),
         step_s=steady_dt,
         gflop_per_s=tokens_per_s * flops_per_token / 1e9,
-        mfu=statistics.median(mfus[UNTIMED_STEPS:]),
+        mfu=statistics.median(mfus[NANOCHAT_UNTIMED_STEPS:]),
         first_step_s=dts[0],
-        warmup_s=sum(dts[:UNTIMED_STEPS]),
-        timed_s=sum(dts[UNTIMED_STEPS:]),
+        warmup_s=sum(dts[:NANOCHAT_UNTIMED_STEPS]),
+        timed_s=sum(dts[NANOCHAT_UNTIMED_STEPS:]),
         step_dts=dts,
     )
 
@@ -171,7 +173,7 @@ def format_report(r: dict) -> str:
     lines = [
         f"{r['impl']}: depth {r['config']['depth']}, {r['dtype']}, compile={r['config']['compile']}, "
         f"{r['steps']} steps ({r['steady_steps']} steady)",
-        f"  tokens/s (median steps {UNTIMED_STEPS}..{r['steps'] - 1}): {r['tokens_per_s']:,.0f} "
+        f"  tokens/s (median steps {NANOCHAT_UNTIMED_STEPS}..{r['steps'] - 1}): {r['tokens_per_s']:,.0f} "
         f"(range {r['tokens_per_s_min']:,.0f}..{r['tokens_per_s_max']:,.0f}), step {r['step_s'] * 1000:,.0f} ms",
         f"  achieved: {r['gflop_per_s']:,.1f} GFLOP/s ({r['flops_per_token']:.3e} FLOPs/token), "
         f"MFU {r['mfu']:.2f}%" + (" (no peak FLOP/s known for this device)" if r["mfu"] == 0 else ""),

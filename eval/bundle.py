@@ -25,11 +25,12 @@ from pathlib import Path
 
 import yaml
 
-from baseline.download import file_sha256, transfer, with_retries
+from baseline.download import transfer, with_retries
+from protocol.hashing import file_sha256
+from protocol.paths import eval_bundle_dir
 
 BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 ENV_VAR = "SPEEDRUN_EVAL_BUNDLE"
-DEFAULT_DIR = Path.home() / ".cache" / "speedrun" / "eval_bundle"
 CORE_YAML, META_CSV, DATA_DIR, DOWNLOAD_RECORD = "core.yaml", "eval_meta_data.csv", "eval_data", "download.json"
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 # The 22 tasks of CORE (DCLM "low variance" set, the order of nanochat's core.yaml). A score is
@@ -90,11 +91,12 @@ def locate(eval_bundle: str | os.PathLike | None = None, *, download: bool = Tru
                 "eval_meta_data.csv and eval_data/"
             )
         return path
-    if not (DEFAULT_DIR / CORE_YAML).is_file():
+    default = eval_bundle_dir()
+    if not (default / CORE_YAML).is_file():
         if not download:
-            raise FileNotFoundError(f"no eval bundle at {DEFAULT_DIR}: pass --eval-bundle DIR or set ${ENV_VAR}")
-        download_bundle(DEFAULT_DIR)
-    return DEFAULT_DIR
+            raise FileNotFoundError(f"no eval bundle at {default}: pass --eval-bundle DIR or set ${ENV_VAR}")
+        download_bundle(default)
+    return default
 
 
 def download_bundle(

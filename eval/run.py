@@ -2,7 +2,7 @@
 
     speedrun eval --checkpoint DIR [--tokenizer DIR] [--eval-bundle DIR] [--core] [--bpb --data-dir DIR]
                   [--max-per-task N] [--tasks T ...] [--json OUT]
-    torchrun --nproc_per_node=8 -m harness.cli eval ...      # each rank scores every 8th example
+    torchrun --nproc_per_node=8 -m speedrun eval ...      # each rank scores every 8th example
 
 CORE (fact sheet §7.2): per task, accuracy = mean of the per-example 0/1 vector (float32, as
 nanochat), centered = (accuracy − 0.01·rb) / (1 − 0.01·rb) with rb the task's random baseline in
@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from baseline.checkpoint import load_model
+from baseline.device import compute_dtype, destroy_runtime, init_runtime
+from baseline.tokenizer import Tokenizer
 from eval import bundle, core, core_reference
 from eval.bpb import val_bpb
 from eval.core_tasks import build_examples, evaluation_order, read_task
@@ -145,14 +148,9 @@ def evaluate(
     if model is None:
         if checkpoint is None:
             raise ValueError("nothing to evaluate: pass a checkpoint directory (--checkpoint DIR)")
-        from baseline.checkpoint import load_model
-        from baseline.device import compute_dtype
-
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, tokenizer, meta = load_model(checkpoint, device, compute_dtype(device), tokenizer_dir)
     elif tokenizer is None:
-        from baseline.tokenizer import Tokenizer
-
         if tokenizer_dir is None:
             raise ValueError("a model without its tokenizer: pass tokenizer= or tokenizer_dir=")
         tokenizer = Tokenizer.load(tokenizer_dir)
@@ -248,8 +246,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from baseline.device import destroy_runtime, init_runtime
-
     runtime = init_runtime(args.device)  # joins the process group under torchrun
     try:
         log = print if runtime.is_master else None

@@ -1,1 +1,14 @@
-"""harness"""
+"""The runner side: run a submission on a track, time it honestly, record everything, submit it.
+
+    runner.py           `speedrun run` / `resume`: prepare data and tokenizer, launch, watch, write the record
+    trainer_process.py  the training child process (alone or under torchrun)
+    telemetry.py        the sampler (NVML, psutil, RAPL) and its summary over the timed steps
+    provenance.py       hashes, git, software and hardware for every record
+    calibrate.py        `speedrun track calibrate`: a track's target from baseline runs
+    chat_tune.py        `speedrun chat-tune`: a short SFT into a chat model, as a child run
+    submit.py           `speedrun submit`: pack a run's bundle and upload it
+    cli.py              the runner side's subcommands
+
+It builds on protocol (tracks, records, statistics), baseline, eval and submissions, and never imports
+the leaderboard (import-linter contracts in pyproject.toml).
+"""

@@ -15,9 +15,9 @@ together with the runs it came from.
 import math
 from pathlib import Path
 
-from harness.record import read_record
 from harness.runner import run
-from harness.tracks import Track, save_calibration
+from protocol.record import read_record
+from protocol.tracks import Track, save_calibration
 
 MARGIN_STDS = 5.0
 
@@ -37,20 +37,19 @@ def threshold_from(values: list[float], higher_is_better: bool) -> tuple[float, 
 def calibrate(track: Track, seeds: list[int], runs_dir: Path, data_dir: Path | None = None) -> dict:
     run_dirs = run(track, "baseline", seeds=seeds, runs_dir=runs_dir, data_dir=data_dir)
     records = [read_record(d) for d in run_dirs]
-    done = [r for r in records if r["status"] == "completed" and r["result"]["value"] is not None]
-    values = [r["result"]["value"] for r in done]
+    done = [r for r in records if r.status == "completed" and r.result.value is not None]
+    values = [r.result.value for r in done]
     threshold, mean, std = threshold_from(values, track.target.higher_is_better)
-    times = [r["timing"]["train_time_s"] for r in done]
     calibration = {
         "metric": track.target.metric,
-        "runs": [r["run_id"] for r in done],
-        "seeds": [r["seed"] for r in done],
+        "runs": [r.run_id for r in done],
+        "seeds": [r.seed for r in done],
         "values": values,
         "mean": mean,
         "std": std,
         "margin_stds": MARGIN_STDS,
-        "train_time_s": times,
-        "code_hash": done[0]["provenance"]["code"]["baseline"] if done else None,
+        "train_time_s": [r.timing.train_time_s for r in done],
+        "code_hash": done[0].provenance.code["baseline"] if done else None,
     }
     save_calibration(track, threshold, calibration)
     return {"threshold": threshold, **calibration}

@@ -1,7 +1,7 @@
 """Chat tuning: a short supervised fine-tune that turns a base run into a chat model, written as a child run.
 
     speedrun chat-tune RUN [--data-dir ../shared/data/chat] [--steps 300]   # chat_tune(run_dir, ...)
-    speedrun chat-tune --fetch DIR [--url URL | --local-path FILE]           # fetch_chat_data(DIR, ...)
+    speedrun data chat --out DIR [--url URL | --local-path FILE]            # fetch_chat_data(DIR, ...)
 
 Data: `train.jsonl` / `val.jsonl` of `{"messages": [{"role": "user"|"assistant", "content": ...}, ...]}`
 (../shared/data/chat holds databricks-dolly-15k in this form). Each conversation is rendered with the
@@ -22,6 +22,7 @@ or taken from a local path; then converted to the messages format and split like
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -33,10 +34,11 @@ import torch
 from baseline.checkpoint import latest_checkpoint, load_model, save_checkpoint
 from baseline.config import TrainConfig
 from baseline.device import compute_dtype
-from baseline.download import file_sha256, transfer
+from baseline.download import transfer
 from baseline.engine import render_conversation
 from baseline.optim import MuonAdamW, build_param_groups
-from harness.record import now_iso, read_record, write_record
+from protocol.hashing import file_sha256
+from protocol.record import ChatTune, Files, RunRecord, now_iso, read_record, write_record
 
 DOLLY_URL = "https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/databricks-dolly-15k.jsonl"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "chat"
@@ -106,8 +108,8 @@ def assistant_loss(model, tokenizer, conversations, seq_len: int, batch_size: in
 # ------------------------------------------------------------------ the tune
 
 
-def _parent_checkpoint(run_dir: Path, record: dict) -> Path:
-    rel = (record.get("files") or {}).get("checkpoint")
+def _parent_checkpoint(run_dir: Path, record: RunRecord) -> Path:
+    rel = record.files.checkpoint
     ckpt = run_dir / rel if rel else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None or not (Path(ckpt) / "model.safetensors").is_file():
         raise FileNotFoundError(f"{run_dir} has no final checkpoint to tune: run it with checkpoints kept")
@@ -129,10 +131,12 @@ def chat_tune(
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     for split in ("train", "val"):
         if not (data_dir / f"{split}.jsonl").is_file():
-            raise FileNotFoundError(f"{data_dir}/{split}.jsonl not found: pass --data-dir or fetch one with --fetch")
+            raise FileNotFoundError(
+                f"{data_dir}/{split}.jsonl not found: pass --data-dir, or make one with `speedrun data chat --out DIR`"
+            )
     parent = read_record(run_dir)
-    if parent.get("status") != "completed":
-        raise ValueError(f"run {parent['run_id']} is {parent.get('status')}: only a completed run can be chat-tuned")
+    if parent.status != "completed":
+        raise ValueError(f"run {parent.run_id} is {parent.status}: only a completed run can be chat-tuned")
     ckpt = _parent_checkpoint(run_dir, parent)
     dev = torch.device(device)
     model, tokenizer, meta = load_model(ckpt, dev, compute_dtype(dev), tokenizer_dir)
@@ -143,69 +147,60 @@ def chat_tune(
     if not train or not val:
         raise ValueError(f"{data_dir} has no conversation with an assistant turn within {seq_len} tokens")
 
-    child = Path(runs_dir or run_dir.parent) / f"{parent['run_id']}-chat-{time.strftime('%Y%m%dT%H%M%S')}"
+    child = Path(runs_dir or run_dir.parent) / f"{parent.run_id}-chat-{time.strftime('%Y%m%dT%H%M%S')}"
     child.mkdir(parents=True)
-    record = {
-        **parent,
-        "run_id": child.name,
-        "parent_run_id": parent["run_id"],
-        "status": "running",
-        "official": False,
-        "unofficial_reasons": [f"chat tuning of {parent['run_id']}: untimed"],
-        "created": now_iso(),
-        "finished": None,
-        "command": ["speedrun", "chat-tune", str(run_dir)],
-        "seed": config.seed,
-        "chat_tune": {**asdict(config), "seq_len": seq_len, "data_dir": str(data_dir), "parent_checkpoint": str(ckpt)},
-        "timing": None,
-        "result": None,
-        "throughput": None,
-        "telemetry": None,
-        "files": {"events": "events.jsonl", "telemetry": None, "log": None, "checkpoint": None},
-        "error": None,
-    }
+    info = ChatTune(
+        **{**asdict(config), "seq_len": seq_len},
+        data_sha256=file_sha256(data_dir / "train.jsonl"),
+        parent_checkpoint=os.path.relpath(ckpt, run_dir),
+    )
+    record = parent.model_copy(
+        update={
+            "run_id": child.name,
+            "parent_run_id": parent.run_id,
+            "status": "running",
+            "official": False,
+            "unofficial_reasons": [f"chat tuning of {parent.run_id}: untimed"],
+            "created": now_iso(),
+            "finished": None,
+            "command": ["speedrun", "chat-tune", parent.run_id],
+            "seed": config.seed,
+            "chat_tune": info,
+            "timing": None,
+            "result": None,
+            "throughput": None,
+            "telemetry": None,
+            "files": Files(telemetry=None, log=None),
+            "error": None,
+        },
+        deep=True,
+    )
     write_record(child, record)
     t0 = time.time()
     try:
-        before = assistant_loss(model, tokenizer, val, seq_len)
-        log(f"chat-tune {parent['run_id']}: val assistant loss {before:.4f} before, {len(train)} conversations")
-        events = open(child / "events.jsonl", "w")  # noqa: SIM115 -- closed in finally
-        try:
+        info.val_loss_before = assistant_loss(model, tokenizer, val, seq_len)
+        log(
+            f"chat-tune {parent.run_id}: val assistant loss {info.val_loss_before:.4f} before, "
+            f"{len(train)} conversations"
+        )
+        with open(child / record.files.events, "w") as events:
             _train(model, tokenizer, train, seq_len, config, events, log)
-        finally:
-            events.close()
-        after = assistant_loss(model, tokenizer, val, seq_len)
-        log(f"chat-tune {parent['run_id']}: val assistant loss {after:.4f} after {config.steps} steps")
+        info.val_loss_after = assistant_loss(model, tokenizer, val, seq_len)
+        log(f"chat-tune {parent.run_id}: val assistant loss {info.val_loss_after:.4f} after {config.steps} steps")
         model.eval()
         out = save_checkpoint(
             child / "checkpoints",
             config.steps,
             model,
             None,
-            {
-                "chat_tuned": True,
-                "parent_run_id": parent["run_id"],
-                "tokenizer_dir": str(tokenizer_dir or meta.get("tokenizer_dir")),
-            },
+            {"chat_tuned": True, "parent_run_id": parent.run_id, "tokenizer_hash": meta.get("tokenizer_hash")},
         )
-        record |= {
-            "status": "completed",
-            "finished": now_iso(),
-            "timing": {"train_time_s": None, "wall_time_s": time.time() - t0, "steps": config.steps},
-            "result": {
-                "metric": parent["result"]["metric"] if parent.get("result") else None,
-                "value": None,
-                "val_bpb": None,
-                "core": None,
-                "target_met": None,
-                "chat_val_loss_before": before,
-                "chat_val_loss": after,
-            },
-        }
-        record["files"]["checkpoint"] = str(out.relative_to(child))
+        info.wall_time_s = time.time() - t0
+        record.status, record.finished = "completed", now_iso()
+        record.files.checkpoint = str(out.relative_to(child))
         write_record(child, record)
     except BaseException as e:
-        record |= {"status": "failed", "finished": now_iso(), "error": f"{type(e).__name__}: {e}"}
+        record.status, record.finished, record.error = "failed", now_iso(), f"{type(e).__name__}: {e}"
         write_record(child, record)
         raise
     return child

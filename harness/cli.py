@@ -1,7 +1,8 @@
-"""The `speedrun` command line.
+"""The runner side's `speedrun` commands (the service's are in leaderboard/cli.py; speedrun.py mounts both).
 
     speedrun config --depth 24 --target-param-data-ratio 8     # every derived hyperparameter
     speedrun data download --num-shards 8 --data-dir DIR        # ClimbMix shards (+ the val shard)
+    speedrun data chat --out DIR                                # a public conversation set for chat tuning
     speedrun tokenizer train --data-dir DIR --out DIR           # BPE tokenizer (rustbpe -> tiktoken)
     speedrun train --depth 4 --data-dir DIR --tokenizer DIR     # the frozen baseline trainer
     speedrun eval --checkpoint DIR --core --bpb                 # CORE / bits per byte
@@ -12,21 +13,32 @@
     speedrun stats RUN...                                       # mean ± std and the record p-value
     speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
     speedrun chat-tune RUN_ID                                   # supervised fine-tune into a chat model
-    speedrun serve                                              # the leaderboard (SQLite, or DATABASE_URL)
     speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
-    speedrun verify --worker                                    # verify uploaded runs (several may run)
-    speedrun token create NAME [--admin]                        # an API token for a submitter
 
-`train` runs the same under `torchrun --nproc_per_node=N -m harness.cli train ...`.
+`train` runs the same under `torchrun --nproc_per_node=N -m speedrun train ...`.
 """
 
-import argparse
 import json
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from baseline import config as train_config
+from baseline.dataset import download_shards
+from baseline.device import destroy_runtime, init_runtime
+from baseline.tokenizer import train_from_shards
+from baseline.train import train
+from eval.bpb import val_bpb_evaluator
+from eval.run import add_arguments as add_eval_arguments
+from eval.run import main as eval_main
+from harness.calibrate import calibrate
+from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, fetch_chat_data
+from harness.runner import resume, run
+from harness.submit import submit
+from protocol import stats
+from protocol.record import EXIT_DIVERGED, find_run, read_record
+from protocol.tracks import format_tracks, list_tracks, load_track
+from submissions.scaffold import scaffold
 
 
 def _config(args):
@@ -35,23 +47,15 @@ def _config(args):
 
 
 def _data_download(args):
-    from baseline.dataset import download_shards
-
     download_shards(range(args.num_shards), args.data_dir)
 
 
 def _tokenizer_train(args):
-    from baseline.tokenizer import train_from_shards
-
     tok = train_from_shards(args.data_dir, args.out, args.vocab_size, args.max_chars, args.doc_cap)
     print(f"tokenizer with {tok.vocab_size} tokens written to {args.out}")
 
 
 def _train(args):
-    from baseline.device import destroy_runtime, init_runtime
-    from baseline.train import train
-    from eval.bpb import val_bpb_evaluator
-
     config = train_config.from_args(args)
     runtime = init_runtime(args.device, seed=config.seed)
     try:
@@ -76,18 +80,14 @@ def _train(args):
     finally:
         destroy_runtime()
     if result.status == "diverged":
-        sys.exit(3)
+        sys.exit(EXIT_DIVERGED)
 
 
 def _eval(args):
-    from eval.run import main as eval_main
-
     eval_main(args)
 
 
 def _tracks(args):
-    from harness.tracks import format_tracks, list_tracks
-
     print(format_tracks(list_tracks()))
 
 
@@ -96,9 +96,6 @@ def _seeds(args) -> list[int]:
 
 
 def _run(args):
-    from harness.runner import run
-    from harness.tracks import load_track
-
     track = load_track(args.track)
     run_dirs = run(
         track,
@@ -118,41 +115,31 @@ def _run(args):
 
 
 def _resume(args):
-    from harness.record import find_run
-    from harness.runner import resume
-
     record = resume(find_run(args.run, args.runs_dir))
-    print(f"run {record['run_id']}: {record['status']}, timed {(record['timing'] or {}).get('train_time_s')}")
+    print(f"run {record.run_id}: {record.status}, timed {record.timing.train_time_s if record.timing else 0.0:.1f}s")
 
 
 def _print_stats(run_dirs, csv=None, json_out=None):
-    from harness import stats
-    from harness.record import read_record
-
     records = [read_record(d) for d in run_dirs]
-    track = records[0]["track"]
-    if any(r["track"]["name"] != track["name"] for r in records):
+    track = records[0].track
+    if any(r.track.name != track.name for r in records):
         raise ValueError("runs from different tracks cannot be pooled: pass runs of one track")
+    table = stats.runs_table(records)
     summary = stats.summarize(
-        records, metric=track["metric"], target=track["threshold"], higher_is_better=track["higher_is_better"]
+        table, metric=track.metric, target=track.threshold, higher_is_better=track.higher_is_better
     )
     print(stats.format_summary(summary))
     if csv:
-        stats.to_csv(stats.runs_table(records), csv)
+        stats.to_csv(table, csv)
     if json_out:
         stats.to_json(summary, json_out)
 
 
 def _stats(args):
-    from harness.record import find_run
-
     _print_stats([find_run(r, args.runs_dir) for r in args.runs], csv=args.csv, json_out=args.json)
 
 
 def _calibrate(args):
-    from harness.calibrate import calibrate
-    from harness.tracks import load_track
-
     result = calibrate(load_track(args.track), _seeds(args), args.runs_dir, args.data_dir)
     print(
         f"{args.track}: {result['metric']} mean {result['mean']:.5f} ± {result['std']:.5f} over "
@@ -161,48 +148,26 @@ def _calibrate(args):
 
 
 def _new(args):
-    from submissions.scaffold import scaffold
-
     path = scaffold(args.name)
     print(f"created {path}: edit submission.py, then `speedrun run {args.name} --track cpu-books --seeds 3`")
 
 
-def _chat_tune(args):
-    from harness.chat_tune import ChatTuneConfig, chat_tune
-    from harness.record import find_run
+def _data_chat(args):
+    counts = fetch_chat_data(args.out, url=args.url, sha256=args.sha256, local_path=args.local_path)
+    print(f"{counts['train']} train and {counts['val']} val conversations written to {args.out}")
 
+
+def _chat_tune(args):
     config = ChatTuneConfig(**{f.name: getattr(args, f.name) for f in fields(ChatTuneConfig)})
     child = chat_tune(find_run(args.run, args.runs_dir), data_dir=args.data_dir, device=args.device, config=config)
     print(f"chat model written to {child}")
 
 
-def _serve(args):
-    from leaderboard.app import serve
-
-    serve(args.host, args.port)
-
-
 def _submit(args):
-    from harness.record import find_run
-    from leaderboard.client import submit
-
     results = submit([find_run(r, args.runs_dir) for r in args.runs], args.server, args.token,
                      description=args.description, link=args.link)  # fmt: skip
     for r in results:
         print(json.dumps(r))
-
-
-def _verify(args):
-    from leaderboard.worker import verify_worker
-
-    n = verify_worker(once=not args.worker)
-    print(f"verified {n} runs")
-
-
-def _token_create(args):
-    from leaderboard.tokens import create_token
-
-    print(create_token(args.name, admin=args.admin))
 
 
 def _add_seed_arguments(p):
@@ -211,21 +176,26 @@ def _add_seed_arguments(p):
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speedrun", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub) -> None:
+    """Mount the runner side's subcommands on `speedrun`'s subparsers."""
     p = sub.add_parser("config", help="print every hyperparameter derived from --depth")
     train_config.add_arguments(p)
     p.add_argument("--world-size", type=int, default=1, help="number of ranks (for gradient accumulation)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_config)
 
-    data = sub.add_parser("data", help="pretraining shards").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="pretraining shards and chat data")
+    data = data.add_subparsers(dest="data_command", required=True)
     p = data.add_parser("download", help="download ClimbMix shards 0..N-1 and the val shard, with resume")
     p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.set_defaults(func=_data_download)
+    p = data.add_parser("chat", help="download (or copy --local-path) a conversation set for chat tuning")
+    p.add_argument("--out", type=Path, required=True, help="writes train.jsonl and val.jsonl here")
+    p.add_argument("--url", default=DOLLY_URL, help="a JSONL of dolly-style records or {messages: ...} lines")
+    p.add_argument("--sha256", default=None, help="the expected sha256 of the download")
+    p.add_argument("--local-path", type=Path, default=None, help="use this file instead of downloading")
+    p.set_defaults(func=_data_chat)
 
     tok = sub.add_parser("tokenizer", help="BPE tokenizer").add_subparsers(dest="tok_command", required=True)
     p = tok.add_parser("train", help="train a tokenizer on the train split of the shards")
@@ -291,19 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat-tune", help="turn a run's base model into a chat model (short SFT, untimed)")
     p.add_argument("run", help="run id or run directory")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--data-dir", type=Path, default=Path("../shared/data/chat"), help="train.jsonl + val.jsonl")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="train.jsonl + val.jsonl")
     p.add_argument("--device", default="cpu")
-    from harness.chat_tune import ChatTuneConfig
-
     for f in fields(ChatTuneConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else int,
                        default=f.default)  # fmt: skip
     p.set_defaults(func=_chat_tune)
-
-    p = sub.add_parser("serve", help="serve the leaderboard (pages, API, chat)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=_serve)
 
     p = sub.add_parser("submit", help="upload run bundles to a leaderboard server")
     p.add_argument("runs", nargs="+", help="run ids or run directories")
@@ -314,33 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.set_defaults(func=_submit)
 
-    p = sub.add_parser("verify", help="verify pending uploads with the frozen eval")
-    p.add_argument("--worker", action="store_true", help="keep polling for work (default: one pass)")
-    p.set_defaults(func=_verify)
-
-    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
-    p = token.add_parser("create", help="create a token (shown once; only its hash is stored)")
-    p.add_argument("name")
-    p.add_argument("--admin", action="store_true")
-    p.set_defaults(func=_token_create)
-
     p = sub.add_parser("eval", help="CORE and bits per byte of a checkpoint")
-    from eval.run import add_arguments as add_eval_arguments
-
     add_eval_arguments(p)
     p.set_defaults(func=_eval)
-    return parser
-
-
-def main(argv: list[str] | None = None):
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input: one line that names the problem and the fix, no traceback.
-        print(f"speedrun: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -21,6 +21,8 @@ Lines are {"kind": "info" | "sample" | "mark" | "error", "t": s since the sample
 """
 
 import json
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import psutil
+import pynvml
 
 RAPL_ROOT = Path("/sys/class/powercap")
 # Bit k of nvmlClocksEventReasons (nvml.h; the same bits as the older ClocksThrottleReasons).
@@ -49,9 +52,7 @@ class _Nvml:
     """Per-GPU readings through NVML. Raises (ImportError, pynvml.NVMLError, ...) when NVML is unusable."""
 
     def __init__(self, gpus: Sequence[int] | None):
-        import pynvml as nv
-
-        self.nv = nv
+        self.nv = nv = pynvml
         nv.nvmlInit()
         try:
             count = nv.nvmlDeviceGetCount()
@@ -432,9 +433,6 @@ def summarize(
 
 
 if __name__ == "__main__":
-    import sys
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         with TelemetrySampler(Path(tmp) / "telemetry.jsonl", interval_s=0.5):
             time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 3.0)

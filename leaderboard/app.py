@@ -8,27 +8,15 @@ OpenAPI: /docs (Swagger UI needs its assets from a CDN; /openapi.json is always 
 
 import json
 
+import uvicorn
 from fastapi import FastAPI
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from leaderboard import crud
-from leaderboard.db import get_engine, migrate
+from leaderboard.db import prepare_database
 from leaderboard.routers import admin, chat, pages, runs, submissions, tracks
 from leaderboard.settings import Settings, database_url, get_settings
 
 UPLOAD_PATH = "/api/runs"
-
-
-def prepare_database(settings: Settings) -> Engine:
-    """Upgrade the schema to head (an upgrade never drops data) and sync the tracks; returns the engine."""
-    url = database_url(settings)
-    migrate(url)
-    engine = get_engine(url)
-    with Session(engine) as session:
-        crud.sync_tracks(session, specs=crud.track_specs(settings.track_files))
-    return engine
 
 
 class BodyLimit:
@@ -115,8 +103,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def serve(host: str = "127.0.0.1", port: int = 8000, *, settings: Settings | None = None) -> None:
     """`speedrun serve`: run the leaderboard under uvicorn (blocks)."""
-    import uvicorn
-
     app = create_app(settings)
     print(f"leaderboard on http://{host}:{port} (database {database_url(app.state.settings).split('@')[-1]})")
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -21,7 +21,6 @@ LEADERBOARD_CHAT_TRACK=cpu-books LEADERBOARD_CHAT_RUNS_DIR=runs speedrun serve).
 import asyncio
 import codecs
 import collections
-import json
 import logging
 import math
 import threading
@@ -33,11 +32,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import Engine as DbEngine
 from sqlmodel import Session, select
 
-from baseline.checkpoint import latest_checkpoint, read_meta
+from baseline.checkpoint import read_meta
 from baseline.engine import Engine, render_for_reply
 from leaderboard import crud, ranking
-from leaderboard.models import Run, Standing, Track, Verification
+from leaderboard.models import Run, Standing, TrackRow, Verification
+from leaderboard.recompute import load_checkpoint
+from leaderboard.resources import server_facts
 from leaderboard.settings import Settings
+from protocol.record import RECORD_FILE, read_record
 
 log = logging.getLogger("leaderboard.chat")
 
@@ -114,16 +116,16 @@ def local_served(model, tokenizer, *, name: str = "local", mode: str = "completi
 # ------------------------------------------------------------------ which run is the top one
 
 
-def _order(v: Verification, track: Track) -> tuple[float, float]:
+def _order(v: Verification, track: TrackRow) -> tuple[float, float]:
     """Best recomputed metric first, then the fastest."""
     metric = v.recomputed_core if track.metric == "core" else v.recomputed_val_bpb
     sign = -1.0 if track.higher_is_better else 1.0
     return (sign * metric if metric is not None else float("inf"), v.recomputed_train_time_s or 0.0)
 
 
-def top_run(session: Session, *, track_name: str | None) -> tuple[Track, Run, Standing | None, int | None] | None:
+def top_run(session: Session, *, track_name: str | None) -> tuple[TrackRow, Run, Standing | None, int | None] | None:
     """(track, run, its submission's standing, rank) of the run to serve, or None if nothing is verified."""
-    tracks = [crud.get_track(session, name=track_name)] if track_name else session.exec(select(Track)).all()
+    tracks = [crud.get_track(session, name=track_name)] if track_name else session.exec(select(TrackRow)).all()
     for track in sorted((t for t in tracks if t is not None), key=lambda t: t.name):
         verified = session.exec(
             select(Run, Verification)
@@ -150,19 +152,19 @@ def chat_checkpoint(runs_dir: Path | None, parent_run_id: str) -> Path | None:
     if runs_dir is None or not Path(runs_dir).is_dir():
         return None
     found = []
-    for record_path in Path(runs_dir).glob("*/record.json"):
+    for record_path in Path(runs_dir).glob(f"*/{RECORD_FILE}"):
         try:
-            record = json.loads(record_path.read_text())
-        except (OSError, ValueError):
+            record = read_record(record_path.parent)
+        except (OSError, ValueError):  # a damaged or foreign record is not a chat model
             continue
-        if record.get("parent_run_id") == parent_run_id and record.get("status") == "completed":
-            ckpt = latest_checkpoint(record_path.parent / "checkpoints")
-            if ckpt is not None and read_meta(ckpt).get("chat_tuned"):
-                found.append((record.get("finished") or "", ckpt))
+        if record.parent_run_id == parent_run_id and record.status == "completed" and record.files.checkpoint:
+            ckpt = record_path.parent / record.files.checkpoint
+            if (ckpt / "meta.json").is_file() and read_meta(ckpt).get("chat_tuned"):
+                found.append((record.finished or "", ckpt))
     return max(found)[1] if found else None
 
 
-def describe(session: Session, track: Track, run: Run, standing: Standing | None, rank, chat_ckpt) -> dict:
+def describe(session: Session, track: TrackRow, run: Run, standing: Standing | None, rank, chat_ckpt) -> dict:
     """What the API and the page show about the served model."""
     public = crud.run_public(session, run=run)
     return {
@@ -188,9 +190,6 @@ def describe(session: Session, track: Track, run: Run, standing: Standing | None
 
 def load_served(session: Session, settings: Settings, chat: ChatSettings) -> ServedModel | None:
     """Load the top run's model (chat-tuned child if there is one); None when no run is verified."""
-    from leaderboard.recompute import load_checkpoint
-    from leaderboard.worker import server_facts
-
     found = top_run(session, track_name=chat.track)
     if found is None:
         return None

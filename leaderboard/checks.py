@@ -23,9 +23,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from baseline.checkpoint import read_meta
 from leaderboard import recompute
+from protocol.hashing import file_sha256
+from protocol.record import RunRecord
+from protocol.timing import RULE, is_timed, last_per_step, timed_seconds
 
-UNTIMED_STEPS = 11  # baseline/train.py: steps 0..10 are warm-up; train_time_s = Σ dt_s of steps > 10
 # Wall-clock slack between consecutive step events beyond dt_s: the trainer only logs between steps
 # (about a millisecond), so 1 s in total plus 10 ms + 5% of each step is generous, and halving
 # the recorded dt_s of steps over the wall clock shows.
@@ -54,19 +57,13 @@ class ServerFacts:
     data_dir: Path | None
     data_hash: str | None  # the track's pinned hash, else the server's own shards' fingerprint
     eval_bundle: Path | None
+    eval_tokens: int  # the track's val bpb budget
+    core_max_per_task: int = -1
     device: str = "cpu"
     bpb_abs_tolerance: float = 2e-3
     core_abs_tolerance: float = 2e-3
     time_rel_tolerance: float = 1e-6
     time_abs_tolerance_s: float = 1e-3
-
-
-def _get(d: dict | None, *path):
-    for key in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(key)
-    return d
 
 
 def _short(h) -> str:
@@ -76,29 +73,25 @@ def _short(h) -> str:
 # ------------------------------------------------------------------ record, hashes, hardware
 
 
-def check_record(record: dict, track) -> CheckResult:
+def check_record(record: RunRecord, track) -> CheckResult:
     problems = []
-    if record.get("status") != "completed":
-        problems.append(f"status is {record.get('status')}, not completed")
-    if not record.get("official"):
-        problems.append(
-            f"the run is unofficial ({'; '.join(record.get('unofficial_reasons') or []) or 'no reason given'})"
-        )
-    ref = record.get("track") or {}
-    if ref.get("name") != track.name or ref.get("version") != track.version:
-        problems.append(
-            f"the run is for track {ref.get('name')} v{ref.get('version')}, this is {track.name} v{track.version}"
-        )
-    if ref.get("metric") != track.metric:
-        problems.append(f"the run's metric is {ref.get('metric')}, track {track.name} is judged by {track.metric}")
-    evidence = {"status": record.get("status"), "official": record.get("official"), "track": ref}
+    if record.status != "completed":
+        problems.append(f"status is {record.status}, not completed")
+    if not record.official:
+        problems.append(f"the run is unofficial ({'; '.join(record.unofficial_reasons) or 'no reason given'})")
+    ref = record.track
+    if ref.name != track.name or ref.version != track.version:
+        problems.append(f"the run is for track {ref.name} v{ref.version}, this is {track.name} v{track.version}")
+    if ref.metric != track.metric:
+        problems.append(f"the run's metric is {ref.metric}, track {track.name} is judged by {track.metric}")
+    evidence = {"status": record.status, "official": record.official, "track": ref.model_dump()}
     if problems:
         return CheckResult("record", "fail", "; ".join(problems), evidence)
     return CheckResult("record", "pass", f"a completed, official run of {track.name} v{track.version}", evidence)
 
 
-def check_code(record: dict, facts: ServerFacts) -> CheckResult:
-    claimed = _get(record, "provenance", "code") or {}
+def check_code(record: RunRecord, facts: ServerFacts) -> CheckResult:
+    claimed = record.provenance.code if record.provenance else {}
     evidence = {"claimed": claimed, "server": facts.code_hashes, "frozen": list(facts.frozen_packages)}
     bad = [p for p in facts.frozen_packages if claimed.get(p) != facts.code_hashes.get(p)]
     if bad:
@@ -110,8 +103,8 @@ def check_code(record: dict, facts: ServerFacts) -> CheckResult:
     return CheckResult("code", "pass", f"{', '.join(facts.frozen_packages)} code hashes equal the server's", evidence)
 
 
-def check_data(record: dict, facts: ServerFacts) -> CheckResult:
-    claimed = _get(record, "provenance", "data", "fingerprint")
+def check_data(record: RunRecord, facts: ServerFacts) -> CheckResult:
+    claimed = record.provenance.data.fingerprint if record.provenance and record.provenance.data else None
     evidence = {"claimed": claimed, "expected": facts.data_hash}
     if not facts.data_hash:
         return CheckResult(
@@ -124,8 +117,8 @@ def check_data(record: dict, facts: ServerFacts) -> CheckResult:
     return CheckResult("data", "pass", "the dataset hash is the track's", evidence)
 
 
-def check_tokenizer(record: dict, facts: ServerFacts) -> CheckResult:
-    claimed = _get(record, "provenance", "tokenizer")
+def check_tokenizer(record: RunRecord, facts: ServerFacts) -> CheckResult:
+    claimed = record.provenance.tokenizer if record.provenance else None
     evidence = {"claimed": claimed, "server": facts.tokenizer_hash}
     if not facts.tokenizer_hash:
         return CheckResult(
@@ -141,17 +134,19 @@ def check_tokenizer(record: dict, facts: ServerFacts) -> CheckResult:
     return CheckResult("tokenizer", "pass", "the tokenizer hash is the server's", evidence)
 
 
-def check_hardware(record: dict, telemetry: list[dict], track) -> CheckResult:
-    env = _get(record, "provenance", "environment") or {}
+def check_hardware(record: RunRecord, telemetry: list[dict], track) -> CheckResult:
+    env = record.provenance.environment if record.provenance else None
     info = next((t for t in telemetry if t.get("kind") == "info"), {})
-    nvml_names = [g.get("name", "") for g in (_get(info, "nvml", "gpus") or [])]
-    env_names = [g.get("name", "") for g in env.get("gpus") or []]
-    nproc = record.get("nproc")
+    nvml = info.get("nvml") if isinstance(info.get("nvml"), dict) else {}
+    nvml_names = [str(g.get("name", "")) for g in nvml.get("gpus") or [] if isinstance(g, dict)]
+    env_names = [g.name for g in env.gpus] if env else []
+    nproc = record.nproc
+    cpu_count = env.cpu_count_available if env else None
     evidence = {
         "nproc": nproc,
         "environment_gpus": env_names,
         "telemetry_gpus": nvml_names,
-        "cpu_count_available": env.get("cpu_count_available"),
+        "cpu_count_available": cpu_count,
         "telemetry_cpu_count": info.get("cpu_count"),
     }
     problems = []
@@ -171,7 +166,7 @@ def check_hardware(record: dict, telemetry: list[dict], track) -> CheckResult:
         threads = track.cpu_threads or 1
         if nproc != 1:
             problems.append(f"{nproc} processes, a CPU track runs one")
-        have = env.get("cpu_count_available") or info.get("cpu_count")
+        have = cpu_count or info.get("cpu_count")
         if have is None or have < threads:
             problems.append(f"the machine shows {have} CPU threads, the track uses {threads}")
     if problems:
@@ -182,24 +177,15 @@ def check_hardware(record: dict, telemetry: list[dict], track) -> CheckResult:
 # ------------------------------------------------------------------ timing
 
 
-def recompute_train_time(steps: list[dict]) -> tuple[float, list[dict]]:
-    """(Σ dt_s of steps > 10, the steps in order); a step logged twice (a resumed run) counts its last line."""
-    last = {}
-    for e in steps:
-        last[e["step"]] = e
-    ordered = [last[s] for s in sorted(last)]
-    return math.fsum(e["dt_s"] for e in ordered if e["step"] >= UNTIMED_STEPS), ordered
-
-
-def check_train_time(record: dict, events: list[dict], facts: ServerFacts) -> tuple[CheckResult, float | None]:
+def check_train_time(record: RunRecord, events: list[dict], facts: ServerFacts) -> tuple[CheckResult, float | None]:
     steps = [e for e in events if e.get("event") == "step"]
-    recomputed, ordered = recompute_train_time(steps)
-    claimed = _get(record, "timing", "train_time_s")
-    n_steps = _get(record, "timing", "steps")
+    recomputed, ordered = timed_seconds(steps), last_per_step(steps)
+    claimed = record.timing.train_time_s if record.timing else None
+    n_steps = record.timing.steps if record.timing else None
     evidence = {
         "claimed_s": claimed,
         "recomputed_s": recomputed,
-        "rule": "sum of dt_s over steps > 10",
+        "rule": RULE,
         "steps_claimed": n_steps,
         "steps_logged": len(ordered),
     }
@@ -226,7 +212,7 @@ def check_train_time(record: dict, events: list[dict], facts: ServerFacts) -> tu
     return CheckResult("train_time", "pass", f"{recomputed:.3f}s timed, as claimed", evidence), recomputed
 
 
-def _wall_gaps(events: list[dict], record: dict) -> tuple[float, float, list[int]]:
+def _wall_gaps(events: list[dict], record: RunRecord) -> tuple[float, float, list[int]]:
     """(unexplained wall seconds, the slack allowed, impossible steps) over the timed steps whose previous
     line is the previous step's event.
 
@@ -234,12 +220,12 @@ def _wall_gaps(events: list[dict], record: dict) -> tuple[float, float, list[int
     after, so wall(step i) - wall(step i-1) ≈ dt_s(i). A val eval (its own event) or a checkpoint save
     between the two is legitimate and skipped.
     """
-    save_every = _get(record, "config", "save_every") or 0
+    save_every = (record.config or {}).get("save_every") or 0
     excess, allowed, impossible = 0.0, GAP_SLACK_S, []
     for prev, cur in zip(events, events[1:], strict=False):
         if not (prev.get("event") == cur.get("event") == "step") or cur["step"] != prev["step"] + 1:
             continue
-        if cur["step"] < UNTIMED_STEPS or (save_every > 0 and cur["step"] % save_every == 0):
+        if not is_timed(cur["step"]) or (save_every > 0 and cur["step"] % save_every == 0):
             continue
         if not all(isinstance(e.get("wall"), int | float) for e in (prev, cur)):
             continue
@@ -263,8 +249,6 @@ def check_weights(bundle_dir: Path) -> tuple[CheckResult, dict | None]:
             "never unpickles; save them with safetensors.torch.save_file (baseline.checkpoint does)"
         )
         return CheckResult("weights", "fail", detail, {"format": kind}), None
-    from baseline.checkpoint import read_meta
-
     model_config = read_meta(bundle_dir)["model_config"]
     n_layer, n_tensors = model_config.get("n_layer"), len(recompute.header_shapes(header))
     if not isinstance(n_layer, int) or not 0 < n_layer <= n_tensors:  # each layer holds tensors: bound the build
@@ -293,18 +277,17 @@ def check_weights(bundle_dir: Path) -> tuple[CheckResult, dict | None]:
     return CheckResult("weights", "pass", f"safetensors, {len(got)} tensors that fit the model", evidence), model_config
 
 
-def check_metric(record: dict, bundle_dir: Path, track, facts: ServerFacts) -> tuple[list[CheckResult], dict]:
+def check_metric(record: RunRecord, bundle_dir: Path, track, facts: ServerFacts) -> tuple[list[CheckResult], dict]:
     """Recompute val bpb (always) and CORE (on a CORE track); compare each with its claim."""
     recomputed = {}
     if facts.tokenizer_dir is None or facts.data_dir is None:
         why = "the server has no tokenizer or val data for this track (set track_resources)"
         return [CheckResult("metric", "error", why, {})], recomputed
-    spec = track.spec or {}
-    tokens = _get(spec, "target", "eval_tokens") or _get(record, "config", "eval_tokens")
-    batch_size = _get(record, "config", "device_batch_size") or 32
+    tokens = facts.eval_tokens
+    batch_size = (record.config or {}).get("device_batch_size") or 32
     key = (
-        recompute.file_sha256(bundle_dir / "model.safetensors"),
-        recompute.file_sha256(bundle_dir / "meta.json"),
+        file_sha256(bundle_dir / "model.safetensors"),
+        file_sha256(bundle_dir / "meta.json"),
         str(facts.tokenizer_dir),
         str(facts.data_dir),
         tokens,
@@ -327,7 +310,7 @@ def check_metric(record: dict, bundle_dir: Path, track, facts: ServerFacts) -> t
     results = [
         _compare(
             "val_bpb",
-            _get(record, "result", "val_bpb"),
+            record.result.val_bpb if record.result else None,
             bpb["bpb"],
             facts.bpb_abs_tolerance,
             {"tokens": bpb["tokens"], "batch_size": batch_size, "total_bytes": bpb["total_bytes"]},
@@ -337,12 +320,14 @@ def check_metric(record: dict, bundle_dir: Path, track, facts: ServerFacts) -> t
         if facts.eval_bundle is None:
             results.append(CheckResult("core", "error", "the server has no CORE eval bundle for this track", {}))
         else:
-            max_per_task = _get(spec, "target", "core_max_per_task")
-            c = recompute.core(*model_and_tokenizer(), eval_bundle=facts.eval_bundle, max_per_task=max_per_task)
+            c = recompute.core(
+                *model_and_tokenizer(), eval_bundle=facts.eval_bundle, max_per_task=facts.core_max_per_task
+            )
             recomputed["core"] = c["core"]
             extra = {"official": c["official"], "bundle_sha256": c["bundle"]["content_sha256"]}
-            results.append(_compare("core", _get(record, "result", "core"), c["core"], facts.core_abs_tolerance, extra))
-    claimed_value = _get(record, "result", "value")
+            claimed_core = record.result.core if record.result else None
+            results.append(_compare("core", claimed_core, c["core"], facts.core_abs_tolerance, extra))
+    claimed_value = record.result.value if record.result else None
     value = recomputed.get(track.metric)
     if value is not None and claimed_value is not None and abs(claimed_value - value) > _tol(track, facts):
         results.append(

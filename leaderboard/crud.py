@@ -1,6 +1,6 @@
-"""Reads and writes the routers and the worker share; keyword-only, no HTTP here (errors are ValueErrors).
+"""Reads and writes the routers and the verifier share; keyword-only, no HTTP here (errors are ValueErrors).
 
-Tracks are synced from harness/tracks/*.toml (plus Settings.track_files) at start-up; a run is created
+Tracks are synced from protocol/tracks/*.toml (plus Settings.track_files) at start-up; a run is created
 from a stored bundle together with its pending Verification; the public shapes are built here so a
 router is a few lines.
 """
@@ -11,8 +11,6 @@ from sqlalchemy import func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
-from harness.tracks import Track as TrackSpec
-from harness.tracks import list_tracks, load_track
 from leaderboard.models import (
     Check,
     CheckPublic,
@@ -22,21 +20,18 @@ from leaderboard.models import (
     Submission,
     SubmissionPublic,
     Submitter,
-    Track,
     TrackPublic,
+    TrackRow,
     Verification,
     VerificationPublic,
 )
-
-
-class Conflict(ValueError):
-    """The request contradicts what the server already holds (HTTP 409)."""
-
+from protocol.record import RunRecord
+from protocol.tracks import Hardware, Track, list_tracks, load_track
 
 # ------------------------------------------------------------------ tracks
 
 
-def track_specs(extra_files: list[Path] = ()) -> list[TrackSpec]:
+def track_specs(extra_files: list[Path] = ()) -> list[Track]:
     specs = {t.name: t for t in list_tracks()}
     for path in extra_files:
         t = load_track(path)
@@ -44,11 +39,11 @@ def track_specs(extra_files: list[Path] = ()) -> list[TrackSpec]:
     return list(specs.values())
 
 
-def sync_tracks(session: Session, *, specs: list[TrackSpec]) -> list[Track]:
-    """Insert or update one Track row per spec (name is the key; a new version replaces the old fields)."""
+def sync_tracks(session: Session, *, specs: list[Track]) -> list[TrackRow]:
+    """Insert or update one TrackRow row per spec (name is the key; a new version replaces the old fields)."""
     rows = []
     for spec in specs:
-        row = session.exec(select(Track).where(Track.name == spec.name)).first() or Track(name=spec.name)
+        row = session.exec(select(TrackRow).where(TrackRow.name == spec.name)).first() or TrackRow(name=spec.name)
         hw, target = spec.hardware, spec.target
         row.sqlmodel_update(
             {
@@ -73,19 +68,16 @@ def sync_tracks(session: Session, *, specs: list[TrackSpec]) -> list[Track]:
     return rows
 
 
-def get_track(session: Session, *, name: str) -> Track | None:
-    return session.exec(select(Track).where(Track.name == name)).first()
+def get_track(session: Session, *, name: str) -> TrackRow | None:
+    return session.exec(select(TrackRow).where(TrackRow.name == name)).first()
 
 
 def list_tracks_public(session: Session) -> list[TrackPublic]:
-    return [track_public(t) for t in session.exec(select(Track).order_by(Track.name)).all()]
+    return [track_public(t) for t in session.exec(select(TrackRow).order_by(TrackRow.name)).all()]
 
 
-def track_public(track: Track) -> TrackPublic:
-    if track.hardware_kind == "cuda":
-        hardware = f"{track.gpu_count}x{track.gpu_model or 'GPU'}"
-    else:
-        hardware = f"CPU, {track.cpu_threads} threads"
+def track_public(track: TrackRow) -> TrackPublic:
+    hardware = Hardware(track.hardware_kind, track.gpu_count, track.gpu_model, track.cpu_threads).describe()
     return TrackPublic.model_validate(track, update={"hardware": hardware})
 
 
@@ -114,63 +106,52 @@ def get_run(session: Session, *, run_id: str) -> Run | None:
     return session.exec(select(Run).where(Run.run_id == run_id)).first()
 
 
-def _claimed(record: dict, *path, default=None):
-    node = record
-    for key in path:
-        if not isinstance(node, dict) or node.get(key) is None:
-            return default
-        node = node[key]
-    return node
-
-
-def hardware_of(record: dict) -> str | None:
-    env = _claimed(record, "provenance", "environment") or {}
-    gpus = env.get("gpus") or []
-    if gpus:
-        return f"{len(gpus)}x{gpus[0].get('name', 'GPU')}"
-    if env:
-        return f"CPU ({env.get('cpu_model') or '?'}), {env.get('cpu_count_available') or '?'} threads"
-    return None
+def hardware_of(record: RunRecord) -> str | None:
+    env = record.provenance.environment if record.provenance else None
+    if env is None:
+        return None
+    if env.gpus:
+        return f"{len(env.gpus)}x{env.gpus[0].name}"
+    return f"CPU ({env.cpu_model or '?'}), {env.cpu_count_available or '?'} threads"
 
 
 def create_run(
     session: Session,
     *,
-    record: dict,
+    record: RunRecord,
     bundle_sha256: str,
     files: dict,
-    track: Track,
+    track: TrackRow,
     submission: Submission,
     submitter: Submitter,
 ) -> Run:
     """The Run row for a stored bundle, and its pending Verification, in one transaction."""
-    timing, result = record.get("timing") or {}, record.get("result") or {}
-    telemetry, throughput = record.get("telemetry") or {}, record.get("throughput") or {}
+    timing, result, telemetry, throughput = record.timing, record.result, record.telemetry, record.throughput
     run = Run(
-        run_id=record["run_id"],
+        run_id=record.run_id,
         bundle_sha256=bundle_sha256,
         track_id=track.id,
         submission_id=submission.id,
         submitter_id=submitter.id,
-        seed=record.get("seed"),
-        status=record["status"],
-        official=bool(record.get("official")),
-        created=record.get("created"),
-        finished=record.get("finished"),
-        train_time_s=timing.get("train_time_s"),
-        steps=timing.get("steps"),
-        metric=result.get("metric") or track.metric,
-        metric_value=result.get("value"),
-        val_bpb=result.get("val_bpb"),
-        core=result.get("core"),
-        target_met=result.get("target_met"),
-        tokens_per_s=throughput.get("tokens_per_s"),
-        mfu=throughput.get("mfu"),
-        energy_kwh=telemetry.get("energy_kwh"),
-        cost_usd=telemetry.get("cost"),
+        seed=record.seed,
+        status=record.status,
+        official=record.official,
+        created=record.created,
+        finished=record.finished,
+        train_time_s=timing and timing.train_time_s,
+        steps=timing and timing.steps,
+        metric=result.metric if result else track.metric,
+        metric_value=result and result.value,
+        val_bpb=result and result.val_bpb,
+        core=result and result.core,
+        target_met=result and result.target_met,
+        tokens_per_s=throughput and throughput.tokens_per_s,
+        mfu=throughput and throughput.mfu,
+        energy_kwh=telemetry and telemetry.energy_kwh,
+        cost_usd=telemetry and telemetry.cost,
         hardware=hardware_of(record),
         files=files,
-        record=record,
+        record=record.model_dump(mode="json"),
     )
     session.add(run)
     session.flush()
@@ -185,7 +166,7 @@ def verification_of(session: Session, *, run: Run) -> Verification:
 
 
 def _names(session: Session, run: Run) -> tuple[str, str, str]:
-    track = session.get(Track, run.track_id)
+    track = session.get(TrackRow, run.track_id)
     submission = session.get(Submission, run.submission_id)
     submitter = session.get(Submitter, run.submitter_id)
     return track.name, submission.name, submitter.name
@@ -219,16 +200,16 @@ def run_detail(session: Session, *, run: Run) -> RunDetail:
 def list_runs(
     session: Session,
     *,
-    track: Track | None = None,
+    track: TrackRow | None = None,
     submission_id: int | None = None,
     verification: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[RunPublic]:
     query = (
-        select(Run, Verification.status, Track.name, Submission.name, Submitter.name)
+        select(Run, Verification.status, TrackRow.name, Submission.name, Submitter.name)
         .join(Verification, Verification.run_pk == Run.id)
-        .join(Track, Track.id == Run.track_id)
+        .join(TrackRow, TrackRow.id == Run.track_id)
         .join(Submission, Submission.id == Run.submission_id)
         .join(Submitter, Submitter.id == Run.submitter_id)
         .options(defer(Run.record), defer(Run.files))  # the raw record is only for a run's own page

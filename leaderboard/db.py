@@ -1,8 +1,8 @@
 """The database: one engine per URL (SQLite file by default, PostgreSQL with psycopg) and Alembic upgrades.
 
-    from leaderboard.db import get_engine, migrate
-    migrate(url)                      # alembic upgrade head: what `speedrun serve` does at start-up
-    with Session(get_engine(url)) as session: ...
+    from leaderboard.db import prepare_database
+    engine = prepare_database(settings)    # alembic upgrade head + sync the tracks: what every entry point does
+    with Session(engine) as session: ...
 
 The schema is owned by the migrations in leaderboard/migrations/versions (never `create_all`), so an
 upgrade of a live database is the same code path the tests run, and never drops data.
@@ -13,9 +13,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import create_engine
+from sqlmodel import Session, create_engine
+
+from leaderboard import crud
+from leaderboard.settings import Settings, database_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 THREADS = 40  # anyio's default worker threads for sync endpoints: at most this many sessions at once
@@ -63,7 +67,15 @@ def migrate(url: str, revision: str = "head") -> None:
 
 
 def current_revision(url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     with get_engine(url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def prepare_database(settings: Settings) -> Engine:
+    """Upgrade the schema to head (an upgrade never drops data) and sync the tracks; returns the engine."""
+    url = database_url(settings)
+    migrate(url)
+    engine = get_engine(url)
+    with Session(engine) as session:
+        crud.sync_tracks(session, specs=crud.track_specs(settings.track_files))
+    return engine

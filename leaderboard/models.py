@@ -1,6 +1,6 @@
 """The leaderboard's tables and the shapes its API returns (the FastAPI template's Base / table / Public split).
 
-Tables: Track (a harness track as the server knows it), Submitter + ApiToken (tokens only as sha256),
+Tables: TrackRow (a protocol track as the server knows it), Submitter + ApiToken (tokens only as sha256),
 Submission (name, code hash, description, link), Run (the fields the board needs, plus the raw record),
 Verification + Check (status and each check's outcome and evidence), Standing (per track and
 submission: the verified runs' statistics and the significance test) and RecordEntry (the record
@@ -15,7 +15,6 @@ from pydantic import Field as PydanticField
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-VERIFICATION_STATUSES = ("pending", "verified", "rejected")
 CHECK_OUTCOMES = ("pass", "fail", "skip", "error")  # error: the server could not run it; the job is retried
 
 
@@ -46,9 +45,10 @@ class TrackBase(SQLModel):
     data_hash: str = ""  # the track's pinned dataset content hash ("" = not pinned)
 
 
-class Track(TrackBase, table=True):
+class TrackRow(TrackBase, table=True):
+    __tablename__ = "track"  # the row of a protocol.tracks.Track
     id: int | None = Field(default=None, primary_key=True)
-    spec: dict | None = _json()  # harness.tracks.Track.to_dict()
+    spec: dict | None = _json()  # protocol.tracks.Track.to_dict()
 
 
 class TrackPublic(TrackBase):
@@ -121,7 +121,7 @@ class SubmissionPublic(SubmissionBase):
 class RunBase(SQLModel):
     run_id: str = Field(index=True, unique=True, max_length=200)
     seed: int | None = None
-    status: str = Field(max_length=20)  # the record's status (harness.record.STATUSES)
+    status: str = Field(max_length=20)  # the record's status (protocol.record.STATUSES)
     official: bool = True
     created: str | None = None  # as the record says (ISO 8601)
     finished: str | None = None
@@ -149,13 +149,6 @@ class Run(RunBase, table=True):
     uploaded_at: datetime = Field(default_factory=utcnow, index=True)
     files: dict | None = _json()  # bundle member -> {"size", "sha256"}
     record: dict | None = _json()  # the raw record.json
-
-
-class RunCreate(BaseModel):
-    """What an upload carries besides the files (form fields)."""
-
-    description: str = ""
-    link: str = ""
 
 
 class CheckPublic(SQLModel):

@@ -2,7 +2,7 @@
 
 Only verified runs count. For each (track, submission) a Standing holds the verified runs' timed seconds
 (recomputed from their step events) and metric (recomputed with the frozen eval), and the one-sided
-t-test of harness.stats.summarize against the track's target. A submission ranks when its verified runs
+t-test of protocol.stats.summarize against the track's target. A submission ranks when its verified runs
 meet the target with p < RECORD_P_VALUE (0.01); ranked submissions are ordered by mean timed seconds.
 A new RecordEntry is written when a ranked submission's mean time beats the track's current record
 (the holder's own later seeds restate its entry rather than add one).
@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
-from harness.stats import RECORD_P_VALUE, summarize
 from leaderboard.models import (
     RecordEntry,
     RecordPublic,
@@ -27,10 +27,11 @@ from leaderboard.models import (
     StandingPublic,
     Submission,
     Submitter,
-    Track,
+    TrackRow,
     Verification,
     utcnow,
 )
+from protocol.stats import RECORD_P_VALUE, summarize
 
 
 def _mean(xs) -> float | None:
@@ -38,7 +39,7 @@ def _mean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def update_standing(session: Session, *, track: Track, submission_id: int) -> Standing:
+def update_standing(session: Session, *, track: TrackRow, submission_id: int) -> Standing:
     """Recompute one (track, submission) standing from its runs and write a record if it beats the current one."""
     rows = session.exec(
         select(Run, Verification)
@@ -95,7 +96,7 @@ def update_standing(session: Session, *, track: Track, submission_id: int) -> St
     return standing
 
 
-def _maybe_new_record(session: Session, *, track: Track, standing: Standing) -> None:
+def _maybe_new_record(session: Session, *, track: TrackRow, standing: Standing) -> None:
     current = session.exec(
         select(RecordEntry).where(RecordEntry.track_id == track.id).order_by(col(RecordEntry.id).desc())
     ).first()
@@ -138,7 +139,7 @@ def why_unranked(s: Standing) -> str | None:
     return f"p = {s.p_value:.3g}, not < {RECORD_P_VALUE}: the runs do not beat the target significantly"
 
 
-def leaderboard(session: Session, *, track: Track) -> list[StandingPublic]:
+def leaderboard(session: Session, *, track: TrackRow) -> list[StandingPublic]:
     """Ranked standings first (by mean timed seconds), then the unranked ones with why."""
     rows = session.exec(
         select(Standing, Submission.name, Submitter.name)
@@ -164,7 +165,7 @@ def leaderboard(session: Session, *, track: Track) -> list[StandingPublic]:
     return out
 
 
-def record_history(session: Session, *, track: Track) -> list[RecordPublic]:
+def record_history(session: Session, *, track: TrackRow) -> list[RecordPublic]:
     rows = session.exec(
         select(RecordEntry, Submission.name, Submitter.name)
         .join(Submission, Submission.id == RecordEntry.submission_id)
@@ -206,8 +207,6 @@ class ReadCache:
 
     async def get_async(self, key, ttl_s: float, compute: Callable):
         """As get(), for an async endpoint: a hit costs no thread hop; a miss computes on the thread pool."""
-        from starlette.concurrency import run_in_threadpool
-
         hit = self._data.get(key) if ttl_s > 0 else None
         if hit is not None and (hit[0] > time.monotonic() or key in self._refreshing):
             return hit[1]

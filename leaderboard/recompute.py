@@ -18,6 +18,12 @@ from pathlib import Path
 
 import torch
 
+from baseline.checkpoint import load_model
+from baseline.device import compute_dtype
+from baseline.gpt import GPT, GPTConfig
+from eval.bpb import val_bpb as frozen_val_bpb
+from eval.run import evaluate
+
 MAX_HEADER_BYTES = 100 * 1024**2  # safetensors' own limit on the JSON header
 
 
@@ -48,20 +54,12 @@ def weights_format(path: Path) -> tuple[str, dict | None]:
     return "safetensors", header
 
 
-def file_sha256(path: Path) -> str:
-    from baseline.dataset import file_sha256 as sha256
-
-    return sha256(path)
-
-
 def header_shapes(header: dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
 
 def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]]:
     """The state_dict shapes of the model meta.json describes, built on the meta device (no memory)."""
-    from baseline.gpt import GPT, GPTConfig
-
     with torch.device("meta"):
         model = GPT(GPTConfig(**model_config))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -69,9 +67,6 @@ def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]]:
 
 def load_checkpoint(checkpoint_dir: Path, *, tokenizer_dir: Path, device: str = "cpu"):
     """(model, tokenizer) from a bundle's model.safetensors + meta.json, with the server's tokenizer."""
-    from baseline.checkpoint import load_model
-    from baseline.device import compute_dtype
-
     device = torch.device(device)
     model, tokenizer, _meta = load_model(checkpoint_dir, device, compute_dtype(device), tokenizer_dir)
     return model, tokenizer
@@ -79,8 +74,6 @@ def load_checkpoint(checkpoint_dir: Path, *, tokenizer_dir: Path, device: str = 
 
 def val_bpb(model, tokenizer, *, data_dir: Path, tokens: int, batch_size: int) -> dict:
     """eval.bpb.val_bpb over the track's budget: {bpb, total_nats, total_bytes, steps, tokens, ...}."""
-    from eval.bpb import val_bpb as frozen_val_bpb
-
     return frozen_val_bpb(
         model, tokenizer, data_dir, tokens=tokens, batch_size=batch_size, seq_len=model.config.sequence_len
     )
@@ -88,8 +81,6 @@ def val_bpb(model, tokenizer, *, data_dir: Path, tokens: int, batch_size: int) -
 
 def core(model, tokenizer, *, eval_bundle: Path | None, max_per_task: int | None) -> dict:
     """eval.run.evaluate's CORE on the server's eval bundle: {core, official, bundle, tasks, ...}."""
-    from eval.run import evaluate
-
     max_per_task = None if max_per_task is None or max_per_task < 0 else max_per_task
     return evaluate(
         model=model, tokenizer=tokenizer, core=True, bpb=False, eval_bundle=eval_bundle, max_per_task=max_per_task

@@ -5,9 +5,9 @@
 
 Per-track verification resources (the server's own copies of the val data, tokenizer and CORE bundle)
 are a JSON object in LEADERBOARD_TRACK_RESOURCES:
-    {"cpu-books": {"data_dir": "/data/books", "tokenizer_dir": "/tok/books", "eval_bundle": null}}
-A track without an entry falls back to the runner's defaults (harness.runner.data_dir_for and its
-tokenizer cache).
+    {"cpu-books": {"data_dir": "DIR", "tokenizer_dir": "DIR", "eval_bundle": null}}
+A track without an entry falls back to where this machine keeps them (protocol/paths.py), see
+leaderboard/resources.py.
 """
 
 from functools import lru_cache
@@ -16,8 +16,9 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.paths import leaderboard_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STORAGE = Path.home() / ".cache" / "speedrun" / "leaderboard"
 
 
 class TrackResources(BaseModel):
@@ -32,9 +33,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("LEADERBOARD_DATABASE_URL", "DATABASE_URL")
     )
-    storage_dir: Path = DEFAULT_STORAGE  # uploaded bundles live under storage_dir/bundles/<sha256>/
+    storage_dir: Path = Field(default_factory=leaderboard_dir)  # bundles live under storage_dir/bundles/<sha256>/
     repo_root: Path = REPO  # whose frozen code hashes a run must match
-    track_files: list[Path] = []  # extra track .toml files beside harness/tracks/*.toml
+    track_files: list[Path] = []  # extra track .toml files beside protocol/tracks/*.toml
     track_resources: dict[str, TrackResources] = {}
     frozen_packages: tuple[str, ...] = ("baseline", "eval")  # code a run must not have changed
 

@@ -12,6 +12,7 @@ import secrets
 
 from sqlmodel import Session, select
 
+from leaderboard.db import get_engine, migrate
 from leaderboard.models import ApiToken, Submitter
 from leaderboard.settings import Settings, database_url, get_settings
 
@@ -49,8 +50,6 @@ def submitter_for_token(session: Session, *, token: str) -> Submitter | None:
 
 def create_token(name: str, admin: bool = False, *, settings: Settings | None = None) -> str:
     """`speedrun token create NAME [--admin]`: migrate the database if needed, then issue and return a token."""
-    from leaderboard.db import get_engine, migrate
-
     settings = settings or get_settings()
     url = database_url(settings)
     migrate(url)

@@ -2,12 +2,12 @@
 
 - `contract.py`: the rules, read top to bottom (what may be set, what may not, hooks, kernel tolerances),
   and `load_submission(name_or_path) -> Submission`.
-- `checks.py`: `check_submission(sub)`, the coverage and equivalence checks run before any training.
+- `conformance.py`: `check_submission(sub)`, the coverage and equivalence checks run before any training.
 - `scaffold.py`: `scaffold(name)`, what `speedrun new NAME` writes.
 - `<name>/submission.py` + `<name>/README.md`: one submission each (`baseline/` has no overrides).
 """
 
-from submissions.checks import check_submission
+from submissions.conformance import check_submission
 from submissions.contract import Submission, SubmissionError, load_submission
 
 __all__ = ["Submission", "SubmissionError", "check_submission", "load_submission"]

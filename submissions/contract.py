@@ -33,7 +33,7 @@ Enforced here (refused before training, with one line that names the problem and
 - `load_submission` (cheap, in every process): it imports; METADATA has its keys; CONFIG sets only
   allowed TrainConfig fields with values of the field's type; the hooks are callables; KERNELS names
   only known operations; no name is a near-miss of a hook (`build_optimiser` would silently be ignored).
-- `check_submission` (`submissions/checks.py`, a tiny model on CPU, about a second plus any compiling):
+- `check_submission` (`submissions/conformance.py`, a tiny model on CPU, about a second plus any compiling):
   every kernel computes its baseline operation, outputs and input gradients, within KERNEL_SPECS'
   tolerance; the schedule gives finite numbers at every step; the optimizer holds every trainable
   parameter exactly once and one step trains. The runner calls it once, before the first seed.
@@ -143,7 +143,7 @@ class KernelSpec:
     """A named operation: its baseline reference, its call signature and how close a replacement must be.
 
     Closeness, fp32: |candidate − reference| ≤ atol + rtol·|reference| elementwise, for the output and for
-    the gradient of every tensor input, on random inputs of the model's shapes (`submissions/checks.py`).
+    the gradient of every tensor input, on random inputs of the model's shapes (`submissions/conformance.py`).
     orthogonalize is compared after a whole Muon step: ‖Δ − Δ_ref‖_F ≤ rtol·‖Δ_ref‖_F per matrix.
     """
 

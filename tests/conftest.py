@@ -1,13 +1,16 @@
 """Shared test fixtures: where the read-only reference data lives (../shared next to the repo)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from protocol.record import RunRecord
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__import__("os").environ.get("SPEEDRUN_SHARED", REPO.parent / "shared"))
+SHARED = Path(os.environ.get("SPEEDRUN_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"
 DATA = SHARED / "data"
 PRETRAIN = DATA / "pretrain"
@@ -41,3 +44,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def minimal_record(run_id: str = "run1", **fields):
+    """A valid protocol.record.RunRecord with only what a test cares about set (the rest: defaults)."""
+    base = {
+        "run_id": run_id,
+        "status": "completed",
+        "created": "2026-12-01T00:00:00+00:00",
+        "seed": 0,
+        "submission": {"name": "baseline", "hash": None},
+        "track": {"name": "cpu-books", "version": 1, "metric": "val_bpb", "threshold": 7.0, "higher_is_better": False},
+    }
+    return RunRecord.model_validate(base | fields)
+
+
+def fake_shards(directory: Path, n: int = 3) -> list[Path]:
+    """n files named like shards, of random bytes (1000, 1001, ... long): for hashing, not for reading."""
+    paths = []
+    for i in range(n):
+        p = Path(directory) / f"shard_{i:05d}.parquet"
+        p.write_bytes(os.urandom(1000 + i))
+        paths.append(p)
+    return paths

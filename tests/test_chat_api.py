@@ -18,9 +18,13 @@ from sqlmodel import Session  # noqa: E402
 
 from baseline.checkpoint import load_model, save_checkpoint  # noqa: E402
 from baseline.engine import Engine, render_for_reply  # noqa: E402
-from leaderboard import crud, ranking, testing  # noqa: E402
+from leaderboard import crud, ranking  # noqa: E402
 from leaderboard.chat import ChatService, ChatSettings, ServedModel  # noqa: E402
-from leaderboard.models import Track  # noqa: E402
+from leaderboard.db import get_engine  # noqa: E402
+from leaderboard.models import TrackRow  # noqa: E402
+from protocol.record import write_record  # noqa: E402
+from tests import leaderboard_fixtures as fixtures  # noqa: E402
+from tests.conftest import minimal_record  # noqa: E402
 from tests.test_leaderboard_api import make_env, upload  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
@@ -32,15 +36,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run faster on 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    if why := testing.available():
+    if why := fixtures.available():
         pytest.skip(why)
     root, cache = tmp_path_factory.mktemp("chat-bundles"), {}
     out = {
-        f"slow{i}": testing.make_bundle(root / f"s{i}", run_id=f"slow{i}", seed=i, provenance_cache=cache)
+        f"slow{i}": fixtures.make_bundle(root / f"s{i}", run_id=f"slow{i}", seed=i, provenance_cache=cache)
         for i in (0, 1)
     }
     for i in (0, 1):  # a second submission, faster: it takes the record when verified
-        out[f"fast{i}"] = testing.make_bundle(
+        out[f"fast{i}"] = fixtures.make_bundle(
             root / f"f{i}", run_id=f"fast{i}", seed=10 + i, submission="fast-sub", dt_s=0.3, provenance_cache=cache
         )
     return out
@@ -57,7 +61,7 @@ def mark_verified(env, *run_ids: str) -> None:
             )
             session.add(v)
             session.commit()
-            ranking.update_standing(session, track=session.get(Track, run.track_id), submission_id=run.submission_id)
+            ranking.update_standing(session, track=session.get(TrackRow, run.track_id), submission_id=run.submission_id)
 
 
 def attach(env, **limits) -> ChatService:
@@ -261,14 +265,19 @@ def test_a_new_record_is_swapped_in_while_a_request_finishes_on_the_old_model(se
 
 def write_chat_child(runs_dir, parent: str, settings) -> None:
     """A chat-tuned child run as harness.chat_tune writes it (here: the golden weights, flagged chat-tuned)."""
-    with Session(__import__("leaderboard.db", fromlist=["get_engine"]).get_engine(settings.database_url)) as session:
+    with Session(get_engine(settings.database_url)) as session:
         run = crud.get_run(session, run_id=parent)
         bundle_dir = settings.storage_dir / "bundles" / run.bundle_sha256
-    model, _, _ = load_model(bundle_dir, tokenizer_dir=testing.GOLDEN_TOKENIZER)
+    model, _, _ = load_model(bundle_dir, tokenizer_dir=fixtures.GOLDEN_TOKENIZER)
     child = runs_dir / f"{parent}-chat"
-    save_checkpoint(child / "checkpoints", 3, model, None, {"chat_tuned": True, "tokenizer_dir": None})
-    record = {"run_id": child.name, "parent_run_id": parent, "status": "completed", "finished": "2026-12-01T00:00:00"}
-    (child / "record.json").write_text(json.dumps(record))
+    save_checkpoint(child / "checkpoints", 3, model, None, {"chat_tuned": True})
+    record = minimal_record(
+        child.name,
+        parent_run_id=parent,
+        finished="2026-12-01T00:00:00",
+        files={"checkpoint": "checkpoints/step_000003"},
+    )
+    write_record(child, record)
 
 
 def test_a_chat_tuned_child_is_served_chat_style_and_turns_are_checked(served_env, tmp_path):
@@ -307,7 +316,7 @@ def live(tmp_path_factory, bundles):
         assert upload(env, bundles[name], env.alice).status_code == 201
     mark_verified(env, "slow0", "slow1")
     assert attach(env).refresh()
-    with testing.serve_in_thread(env.client.app) as url:
+    with fixtures.serve_in_thread(env.client.app) as url:
         yield env, url
 
 

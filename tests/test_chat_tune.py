@@ -15,8 +15,9 @@ from baseline.engine import render_conversation, render_for_reply
 from baseline.gpt import GPTConfig
 from baseline.tokenizer import Tokenizer
 from harness.chat_tune import ChatTuneConfig, chat_tune, download, fetch_chat_data, make_batch, read_conversations
-from harness.record import read_record, write_record
-from tests.conftest import DATA
+from protocol.hashing import tree_hash
+from protocol.record import read_record, write_record
+from tests.conftest import DATA, GOLDEN, minimal_record
 from tests.test_gpt import GOLDEN_CONFIG
 
 CONVO = [
@@ -75,14 +76,12 @@ def base_run(tmp_path, golden) -> Path:
     run = tmp_path / "runs" / "base1"
     model = build_model(GPTConfig(**GOLDEN_CONFIG), "cpu")
     load_state_into(model, load_file(golden / "optim" / "state_step6.safetensors"))
-    save_checkpoint(run / "checkpoints", 6, model, None, {"tokenizer_dir": str(golden / "tokenizer")})
-    record = {
-        "schema_version": 1,
-        "run_id": "base1",
-        "status": "completed",
-        "result": {"metric": "val_bpb", "value": 6.3},
-        "files": {"checkpoint": "checkpoints/step_000006"},
-    }
+    save_checkpoint(
+        run / "checkpoints", 6, model, None, {"tokenizer_hash": tree_hash(golden / "tokenizer", include=("*",))}
+    )
+    record = minimal_record(
+        "base1", result={"metric": "val_bpb", "value": 6.3}, files={"checkpoint": "checkpoints/step_000006"}
+    )
     write_record(run, record)
     return run
 
@@ -104,13 +103,16 @@ def test_a_short_tune_lowers_the_assistant_loss_and_writes_a_child_run(base_run,
     from leaderboard.chat import chat_checkpoint
 
     config = ChatTuneConfig(steps=6, batch_size=8, seq_len=128, eval_conversations=16)
-    child = chat_tune(base_run, data_dir=chat_data, config=config, log=lambda *_: None)
+    child = chat_tune(
+        base_run, data_dir=chat_data, tokenizer_dir=GOLDEN / "tokenizer", config=config, log=lambda *_: None
+    )
     record = read_record(child)
-    assert child.parent == base_run.parent and record["parent_run_id"] == "base1"
-    assert record["status"] == "completed" and record["official"] is False and record["timing"]["steps"] == 6
-    result = record["result"]
-    assert result["chat_val_loss"] < result["chat_val_loss_before"] - 0.5, result
-    ckpt = child / record["files"]["checkpoint"]
+    assert child.parent == base_run.parent and record.parent_run_id == "base1"
+    assert record.status == "completed" and record.official is False and record.chat_tune.steps == 6
+    info = record.chat_tune
+    assert info.val_loss_after < info.val_loss_before - 0.5, info
+    assert info.parent_checkpoint == "checkpoints/step_000006"  # relative to the parent's run dir
+    ckpt = child / record.files.checkpoint
     assert read_meta(ckpt)["chat_tuned"] is True and read_meta(ckpt)["parent_run_id"] == "base1"
     events = [json.loads(line) for line in (child / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events] == list(range(6))

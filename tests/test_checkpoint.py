@@ -1,6 +1,7 @@
 """Checkpoints round-trip without pickle, are atomic, and refuse what does not fit."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from baseline.checkpoint import (
 )
 from baseline.gpt import GPTConfig
 from baseline.optim import MuonAdamW, build_param_groups
+from protocol.hashing import ALL_FILES, NOT_CONTENT, tree_hash
 from tests.test_gpt import GOLDEN_CONFIG
 
 LRS = dict(unembedding_lr=0.008, embedding_lr=0.3, matrix_lr=0.02, weight_decay=0.28, scalar_lr=0.5)
@@ -33,12 +35,17 @@ def trained(steps: int = 2):
     return model, optimizer
 
 
-def test_model_and_optimizer_state_round_trip(tmp_path, golden):
+def test_model_and_optimizer_state_round_trip(tmp_path, golden, monkeypatch):
+    # The checkpoint names its tokenizer by content; load_model finds it in this machine's cache.
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(golden / "tokenizer", tmp_path / "cache" / "tokenizers" / "golden")
+    tokenizer_hash = tree_hash(golden / "tokenizer", include=ALL_FILES, exclude=NOT_CONTENT)
     model, optimizer = trained()
-    path = save_checkpoint(tmp_path, 2, model, optimizer, {"tokenizer_dir": str(golden / "tokenizer")})
+    path = save_checkpoint(tmp_path / "ckpt", 2, model, optimizer, {"tokenizer_hash": tokenizer_hash})
     assert sorted(p.name for p in path.iterdir()) == [
         "meta.json", "model.safetensors", "optim_rank0.json", "optim_rank0.safetensors",
     ]  # fmt: skip
+    assert str(tmp_path) not in (path / "meta.json").read_text()  # no path of this machine in a checkpoint
     loaded, tokenizer, meta = load_model(path)
     assert meta["step"] == 2 and tokenizer.vocab_size == 4096
     for key, value in model.state_dict().items():
@@ -78,8 +85,10 @@ def test_nanochat_state_dicts_load(golden):
 def test_vocab_mismatch_is_refused(tmp_path, golden):
     config = GPTConfig(**{**GOLDEN_CONFIG, "vocab_size": 8192})
     model = build_model(config, "cpu")
-    path = save_checkpoint(tmp_path, 1, model, None, {"tokenizer_dir": str(golden / "tokenizer")})
+    path = save_checkpoint(tmp_path, 1, model, None, {})
     with pytest.raises(ValueError, match="vocab 4096 but the checkpoint was trained with 8192"):
+        load_model(path, tokenizer_dir=golden / "tokenizer")
+    with pytest.raises(ValueError, match="not in this machine's cache: pass --tokenizer DIR"):
         load_model(path)
 
 
@@ -93,10 +102,10 @@ def test_wrong_shapes_and_corrupt_files_are_refused(tmp_path, golden):
     with pytest.raises(ValueError, match="missing"):
         load_state_into(model, state)
 
-    path = save_checkpoint(tmp_path, 1, model, None, {"tokenizer_dir": str(golden / "tokenizer")})
+    path = save_checkpoint(tmp_path, 1, model, None, {})
     (path / "model.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(ValueError, match="corrupt"):
-        load_model(path)
+        load_model(path, tokenizer_dir=golden / "tokenizer")
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         load_model(tmp_path)
 
@@ -104,10 +113,10 @@ def test_wrong_shapes_and_corrupt_files_are_refused(tmp_path, golden):
 def test_weights_are_read_without_pickle(tmp_path, golden):
     """A checkpoint whose weights file is a pickle is refused, not unpickled."""
     model = build_model(GPTConfig(**GOLDEN_CONFIG), "cpu")
-    path = save_checkpoint(tmp_path, 1, model, None, {"tokenizer_dir": str(golden / "tokenizer")})
+    path = save_checkpoint(tmp_path, 1, model, None, {})
     torch.save(model.state_dict(), path / "model.safetensors")
     with pytest.raises(ValueError, match="corrupt"):
-        load_model(path)
+        load_model(path, tokenizer_dir=golden / "tokenizer")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
     assert json.loads((path / "meta.json").read_text())["model_config"] == GPTConfig(**GOLDEN_CONFIG).to_dict()
-    load_model(path)
+    load_model(path, tokenizer_dir=golden / "tokenizer")

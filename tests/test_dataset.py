@@ -15,9 +15,7 @@ import pytest
 from baseline.dataset import (
     MANIFEST,
     Shard,
-    data_fingerprint,
     download_shards,
-    file_sha256,
     list_shards,
     read_manifest,
     shard_name,
@@ -78,16 +76,6 @@ def test_shard_reads_text_row_groups(pretrain_dir):
     assert shard.num_row_groups == 3
     texts = [t for rg in range(shard.num_row_groups) for t in shard.texts(rg)]
     assert len(texts) == 157 and all(isinstance(t, str) for t in texts)
-
-
-def test_sha256_and_fingerprint(pretrain_dir, tmp_path):
-    path = pretrain_dir / "shard_00003.parquet"
-    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
-    files = split_files(pretrain_dir, "train")
-    assert data_fingerprint(files) == data_fingerprint(reversed(files))
-    copy = tmp_path / "shard_00003.parquet"
-    copy.write_bytes(path.read_bytes() + b"\0")
-    assert data_fingerprint(files[:-1] + [copy]) != data_fingerprint(files)
 
 
 # --- downloads ---------------------------------------------------------------------------------

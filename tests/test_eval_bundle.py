@@ -87,7 +87,7 @@ def test_a_changed_upstream_zip_is_refused(tmp_path):
 def test_location_is_the_argument_then_the_environment_then_the_cache(tmp_path, monkeypatch):
     a, b = write_bundle(tmp_path / "a", ["copa"]), write_bundle(tmp_path / "b", ["copa"])
     cache = tmp_path / "cache" / "eval_bundle"
-    monkeypatch.setattr(bundle, "DEFAULT_DIR", cache)
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(bundle.ENV_VAR, str(b))
     assert bundle.locate(a) == a and bundle.locate() == b
     monkeypatch.delenv(bundle.ENV_VAR)

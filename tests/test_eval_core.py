@@ -329,11 +329,12 @@ def test_official_only_with_all_22_tasks_scored_in_full(tmp_path, tokenizer):
 def test_cli_prints_the_table_and_writes_json(tmp_path, bundle_dir, golden, trained, capsys):
     import argparse
 
-    ckpt = save_checkpoint(tmp_path / "ckpt", 6, trained, None, {"tokenizer_dir": str(golden / "tokenizer")})
+    ckpt = save_checkpoint(tmp_path / "ckpt", 6, trained, None, {})
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / "eval.json"
-    argv = ["--checkpoint", str(ckpt), "--eval-bundle", str(bundle_dir), "--tasks", "copa", "winograd"]
+    argv = ["--checkpoint", str(ckpt), "--tokenizer", str(golden / "tokenizer"), "--eval-bundle", str(bundle_dir)]
+    argv += ["--tasks", "copa", "winograd"]
     args = parser.parse_args([*argv, "--max-per-task", "24", "--json", str(out), "--device", "cpu"])
     result = main(args)
     printed = capsys.readouterr().out

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from harness import runner
-from harness.record import read_record
-from harness.tracks import load_track
+from protocol.record import read_record
+from protocol.tracks import load_track
 from tests.conftest import PRETRAIN, REPO
 
 # cpu-books with a model small enough for seconds: the same data (and content hash), a tiny
@@ -23,7 +23,6 @@ name = "tiny-books"
 version = 1
 description = "test track"
 provisional = true
-timing_rule = "sum of step dt for steps > 10"
 price_per_hour = 0.10
 
 [hardware]
@@ -49,7 +48,7 @@ higher_is_better = false
 threshold = 10.0
 eval_tokens = 2048
 
-[baseline]
+[recipe]
 depth = 1
 aspect_ratio = 128
 head_dim = 64
@@ -80,38 +79,41 @@ def write_track(tmp_path: Path, steps: int = 14, content_hash: str | None = None
 def cache(tmp_path_factory, monkeypatch, pretrain_dir):
     """Tokenizers trained by these tests go to a temporary cache shared by the module's tests."""
     cache = tmp_path_factory.getbasetemp() / "speedrun-cache"
-    monkeypatch.setattr(runner, "CACHE", cache)
     monkeypatch.setenv("SPEEDRUN_CACHE", str(cache))
     return cache
 
 
 def speedrun_cli(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *map(str, args)], env=env, cwd=REPO, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "speedrun", *map(str, args)], env=env, cwd=REPO, **kwargs)
 
 
 def test_a_full_run_writes_a_complete_record(tmp_path):
     track = load_track(write_track(tmp_path))
     [run_dir] = runner.run(track, "baseline", seeds=[7], runs_dir=tmp_path / "runs")
     record = read_record(run_dir)
-    assert record["status"] == "completed" and record["official"], record["unofficial_reasons"]
-    assert record["seed"] == 7 and record["config"]["seed"] == 7
-    timing = record["timing"]
+    assert record.status == "completed" and record.official, record.unofficial_reasons
+    assert record.seed == 7 and record.config["seed"] == 7
+    timing = record.timing
     steps = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     timed = sum(e["dt_s"] for e in steps if e["event"] == "step" and e["step"] > 10)
-    assert timing["train_time_s"] == pytest.approx(timed, rel=1e-9) and timing["steps"] == 14
-    assert timing["eval_time_s"] > 0 and timing["wall_time_s"] > timing["train_time_s"] + timing["eval_time_s"]
-    result = record["result"]
-    assert result["metric"] == "val_bpb" and 0 < result["value"] < 10 and result["target_met"] is True
+    assert timing.train_time_s == pytest.approx(timed, rel=1e-9) and timing.steps == 14
+    assert timing.eval_time_s > 0 and timing.wall_time_s > timing.train_time_s + timing.eval_time_s
+    result = record.result
+    assert result.metric == "val_bpb" and 0 < result.value < 10 and result.target_met is True
     # Samples cover the whole run; the summary covers the timed steps (too short here for a 1 Hz sample).
     samples = [json.loads(line) for line in (run_dir / "telemetry.jsonl").read_text().splitlines()]
-    assert [s for s in samples if s["kind"] == "sample"] and record["telemetry"]["backend"] in ("cpu", "nvml")
-    prov = record["provenance"]
-    assert prov["data"]["fingerprint"] == track.dataset.content_hash and prov["seed"] == 7
-    assert len(prov["code"]["baseline"]) == 64
+    assert [s for s in samples if s["kind"] == "sample"] and record.telemetry.backend in ("cpu", "nvml")
+    prov = record.provenance
+    assert prov.data.fingerprint == track.dataset.content_hash and prov.seed == 7
+    assert len(prov.code["baseline"]) == 64
     for name in ("events.jsonl", "telemetry.jsonl", "train.log", "run.json"):
         assert (run_dir / name).is_file(), name
-    assert (run_dir / record["files"]["checkpoint"] / "model.safetensors").is_file()
+    assert (run_dir / record.files.checkpoint / "model.safetensors").is_file()
+    # No path of this machine in what a run leaves behind (run.json, the record, the checkpoint's meta).
+    for name in ("run.json", "record.json", f"{record.files.checkpoint}/meta.json"):
+        text = (run_dir / name).read_text()
+        assert str(tmp_path) not in text and str(Path.home()) not in text, name
 
 
 def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupted_run(tmp_path):
@@ -133,14 +135,14 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     killed = read_record(run_dir)
-    assert killed["status"] == "killed" and not killed["official"]
+    assert killed.status == "killed" and not killed.official
     assert (run_dir / "train.log").is_file() and (run_dir / "telemetry.jsonl").stat().st_size > 0
 
     resume = speedrun_cli("resume", run_dir.name, "--runs-dir", runs, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = resume.communicate(timeout=300)[0].decode()
     resumed = read_record(run_dir)
-    assert resumed["status"] == "completed", output
-    assert resumed["resumed"] == 1 and resumed["official"]
+    assert resumed.status == "completed", output
+    assert resumed.resumed == 1 and resumed.official
 
     [full_dir] = runner.run(load_track(track_file), "baseline", seeds=[3], runs_dir=tmp_path / "full")
     losses = {}
@@ -151,9 +153,9 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
         losses[d] = [e["loss"] for e in steps]
     assert losses[run_dir] == pytest.approx(losses[full_dir], rel=1e-6)
     full = read_record(full_dir)
-    assert resumed["result"]["value"] == pytest.approx(full["result"]["value"], rel=1e-6)
+    assert resumed.result.value == pytest.approx(full.result.value, rel=1e-6)
     # The timer continued: the resumed run's timed seconds cover all 5 timed steps, as the full run's do.
-    assert resumed["timing"]["train_time_s"] > 0.5 * full["timing"]["train_time_s"]
+    assert resumed.timing.train_time_s > 0.5 * full.timing.train_time_s
 
 
 def wait_for_steps(runs: Path, n: int, proc) -> Path:
@@ -177,7 +179,7 @@ def test_a_worker_that_dies_leaves_a_failed_record(tmp_path):
     worker.kill()
     proc.wait(timeout=60)
     record = read_record(run_dir)
-    assert record["status"] == "failed" and "exited with code -9" in record["error"]
+    assert record.status == "failed" and "exited with code -9" in record.error
     assert (run_dir / "train.log").is_file() and (run_dir / "events.jsonl").read_text()
 
 
@@ -206,5 +208,5 @@ def test_smoke_runs_are_unofficial(tmp_path):
     track = load_track(write_track(tmp_path))
     [run_dir] = runner.run(track, "baseline", seeds=[1], runs_dir=tmp_path / "runs", max_steps=3)
     record = read_record(run_dir)
-    assert record["status"] == "stopped" and not record["official"]
-    assert any("max-steps" in r for r in record["unofficial_reasons"])
+    assert record.status == "stopped" and not record.official
+    assert any("max-steps" in r for r in record.unofficial_reasons)

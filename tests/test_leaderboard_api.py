@@ -20,10 +20,10 @@ pytest.importorskip("sqlmodel")
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from leaderboard import testing  # noqa: E402
 from leaderboard.app import create_app  # noqa: E402
 from leaderboard.db import get_engine  # noqa: E402
 from leaderboard.tokens import create_token  # noqa: E402
+from tests import leaderboard_fixtures as fixtures  # noqa: E402
 
 PG_DEFAULT = "postgresql+psycopg://speedrun_test:speedrun_test@127.0.0.1:5432/speedrun_test"
 FIELD = {
@@ -72,15 +72,15 @@ def db_url(request, tmp_path):
 @pytest.fixture(scope="session")
 def golden_bundles(tmp_path_factory) -> dict[str, dict[str, Path]]:
     """Honest runs r0, r1, r2 of one submission, and one bundle per tampering."""
-    if why := testing.available():
+    if why := fixtures.available():
         pytest.skip(why)
     root = tmp_path_factory.mktemp("bundles")
     cache: dict = {}
     out = {
-        f"r{i}": testing.make_bundle(root / f"r{i}", run_id=f"r{i}", seed=i, provenance_cache=cache) for i in range(3)
+        f"r{i}": fixtures.make_bundle(root / f"r{i}", run_id=f"r{i}", seed=i, provenance_cache=cache) for i in range(3)
     }
     for tamper in ("metric", "step_times", "step_times_consistent", "baseline_hash", "pickle"):
-        out[tamper] = testing.make_bundle(
+        out[tamper] = fixtures.make_bundle(
             root / tamper, run_id=f"t-{tamper}", seed=9, tamper=tamper, provenance_cache=cache
         )
     return out
@@ -99,7 +99,7 @@ class Env:
 
 
 def make_env(tmp_path: Path, db_url: str, **overrides) -> Env:
-    settings = testing.server_settings(tmp_path, database_url=db_url, **overrides)
+    settings = fixtures.server_settings(tmp_path, database_url=db_url, **overrides)
     client = TestClient(create_app(settings))
     admin = create_token("admin", True, settings=settings)
     alice = create_token("alice", settings=settings)
@@ -155,7 +155,7 @@ def test_tracks_are_listed_with_the_test_track(env):
     golden = env.client.get("/api/tracks/golden").json()
     assert (
         golden["metric"] == "val_bpb"
-        and golden["threshold"] == testing.THRESHOLD
+        and golden["threshold"] == fixtures.THRESHOLD
         and golden["hardware"] == "CPU, 2 threads"
     )
 
@@ -309,7 +309,7 @@ def test_runs_list_filters(env, golden_bundles):
 def test_submit_packs_a_run_directory_and_uploads_it(env, golden_bundles, tmp_path, monkeypatch):
     import shutil
 
-    from leaderboard import client
+    from harness import submit as client
 
     run_dir = tmp_path / "runs" / "r2"
     checkpoint = run_dir / "checkpoints" / "step_000020"

@@ -7,13 +7,14 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from harness import runner  # noqa: E402
-from harness.record import read_record  # noqa: E402
-from harness.tracks import load_track  # noqa: E402
+from harness.submit import pack  # noqa: E402
 from leaderboard.app import create_app  # noqa: E402
-from leaderboard.client import pack  # noqa: E402
 from leaderboard.settings import Settings, TrackResources  # noqa: E402
 from leaderboard.tokens import create_token  # noqa: E402
-from leaderboard.worker import verify_worker  # noqa: E402
+from leaderboard.verifier import verify_worker  # noqa: E402
+from protocol.paths import cache_root  # noqa: E402
+from protocol.record import read_record  # noqa: E402
+from protocol.tracks import load_track  # noqa: E402
 from tests.conftest import PRETRAIN  # noqa: E402
 from tests.test_harness import cache, write_track  # noqa: E402, F401 -- the tokenizer cache fixture
 
@@ -23,9 +24,9 @@ def test_real_runs_verify_with_their_claimed_numbers_and_rank(tmp_path):
     track = load_track(track_file)
     run_dirs = runner.run(track, "baseline", seeds=[1, 2], runs_dir=tmp_path / "runs")
     records = [read_record(d) for d in run_dirs]
-    assert all(r["status"] == "completed" and r["official"] for r in records)
+    assert all(r.status == "completed" and r.official for r in records)
 
-    tokenizer_dir = next((runner.CACHE / "tokenizers").glob(f"{track.name}-*"))
+    tokenizer_dir = next((cache_root() / "tokenizers").glob(f"{track.name}-*"))
     settings = Settings(
         database_url=f"sqlite:///{tmp_path / 'lb.db'}",
         storage_dir=tmp_path / "storage",
@@ -45,11 +46,11 @@ def test_real_runs_verify_with_their_claimed_numbers_and_rank(tmp_path):
     assert verify_worker(once=True, settings=settings, worker_id="e2e") == 2
 
     for record in records:
-        run = client.get(f"/api/runs/{record['run_id']}").json()
+        run = client.get(f"/api/runs/{record.run_id}").json()
         detail = run["verification_detail"]
         assert run["verification"] == "verified", detail["reasons"]
-        assert detail["recomputed_val_bpb"] == pytest.approx(record["result"]["value"], abs=1e-6)
-        assert detail["recomputed_train_time_s"] == pytest.approx(record["timing"]["train_time_s"], rel=1e-9)
+        assert detail["recomputed_val_bpb"] == pytest.approx(record.result.value, abs=1e-6)
+        assert detail["recomputed_train_time_s"] == pytest.approx(record.timing.train_time_s, rel=1e-9)
     [top] = client.get(f"/api/tracks/{track.name}/leaderboard").json()
     assert top["rank"] == 1 and top["submitter"] == "carol" and top["n_verified"] == 2
     assert top["p_value"] < 0.01

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from leaderboard import testing
-from leaderboard.worker import verify_worker
+from leaderboard.verifier import verify_worker
+from tests import leaderboard_fixtures as fixtures
 from tests.test_leaderboard_api import golden_bundles, make_env, upload  # noqa: F401 -- shared fixtures
 
 CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
@@ -27,7 +27,7 @@ def site(tmp_path_factory, golden_bundles):  # noqa: F811
         assert upload(env, golden_bundles[name], env.alice).status_code == 201
     assert upload(env, golden_bundles["metric"], env.bob).status_code == 201
     verify_worker(once=True, settings=env.settings)
-    with testing.serve_in_thread(env.client.app) as url:
+    with fixtures.serve_in_thread(env.client.app) as url:
         yield url
 
 

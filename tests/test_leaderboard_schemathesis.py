@@ -9,9 +9,9 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from leaderboard import testing  # noqa: E402
 from leaderboard.app import create_app  # noqa: E402
 from leaderboard.tokens import create_token  # noqa: E402
+from tests import leaderboard_fixtures as fixtures  # noqa: E402
 
 EXAMPLES = 6
 TOKEN: dict[str, str] = {}
@@ -20,7 +20,7 @@ TOKEN: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schema")
-    s = testing.server_settings(tmp, max_upload_bytes=2_000_000)
+    s = fixtures.server_settings(tmp, max_upload_bytes=2_000_000)
     app = create_app(s)
     TOKEN["admin"] = create_token("fuzzer", admin=True, settings=s)
     return schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -9,9 +9,12 @@ import json
 import pytest
 from sqlmodel import Session, select
 
-from leaderboard import checks, testing
+from leaderboard import checks
 from leaderboard.models import Verification
-from leaderboard.worker import claim, verify_worker
+from leaderboard.verifier import claim, verify_worker
+from protocol.record import read_record
+from protocol.timing import timed_seconds
+from tests import leaderboard_fixtures as fixtures
 from tests.test_leaderboard_api import db_url, env, golden_bundles, upload  # noqa: F401 -- shared fixtures
 
 REASONS = {  # tampering -> (check that fails, words its reason must contain)
@@ -34,7 +37,7 @@ def test_honest_runs_verify_rank_and_set_the_record_tampered_ones_are_rejected(e
         run = env.client.get(f"/api/runs/{name}").json()
         v = run["verification_detail"]
         assert run["verification"] == "verified", v["reasons"]
-        assert v["recomputed_val_bpb"] == pytest.approx(testing.GOLDEN_BPB, abs=1e-5)
+        assert v["recomputed_val_bpb"] == pytest.approx(fixtures.GOLDEN_BPB, abs=1e-5)
         assert v["recomputed_train_time_s"] == pytest.approx(run["train_time_s"], rel=1e-9)
         assert {c["name"]: c["outcome"] for c in run["checks"]} == {
             "record": "pass",
@@ -78,7 +81,7 @@ def test_a_run_the_server_cannot_check_stays_pending(tmp_path, db_url, golden_bu
     from tests.test_leaderboard_api import make_env
 
     e = make_env(tmp_path, db_url)
-    e.settings.track_resources = {testing.TRACK: TrackResources(data_dir=None, tokenizer_dir=tmp_path / "absent")}
+    e.settings.track_resources = {fixtures.TRACK: TrackResources(data_dir=None, tokenizer_dir=tmp_path / "absent")}
     upload(e, golden_bundles["r0"], e.alice)
     assert verify_worker(once=True, settings=e.settings) == 1
     run = e.client.get("/api/runs/r0").json()
@@ -118,8 +121,8 @@ def test_two_workers_never_claim_the_same_job(env, golden_bundles):  # noqa: F81
 def test_train_time_is_recomputed_by_the_trainers_rule():
     steps = [{"step": s, "dt_s": 1.0 + s} for s in range(15)]
     resumed = steps[:13] + [{"step": 12, "dt_s": 100.0}, {"step": 13, "dt_s": 2.0}, {"step": 14, "dt_s": 3.0}]
-    assert checks.recompute_train_time(steps)[0] == sum(1.0 + s for s in range(11, 15))
-    assert checks.recompute_train_time(resumed)[0] == 12.0 + 100.0 + 2.0 + 3.0  # the last line of a step counts
+    assert timed_seconds(steps) == sum(1.0 + s for s in range(11, 15))
+    assert timed_seconds(resumed) == 12.0 + 100.0 + 2.0 + 3.0  # the last line of a step counts
 
 
 def test_weights_format_tells_safetensors_from_pickles(tmp_path, golden_bundles):  # noqa: F811
@@ -161,21 +164,23 @@ def test_a_core_track_recomputes_core_and_compares_it(golden_bundles, monkeypatc
 
     monkeypatch.setattr(recompute, "core", fake_core)
     bundle_dir = golden_bundles["r0"]["record.json"].parent
-    track = SimpleNamespace(metric="core", spec={"target": {"eval_tokens": 4096, "core_max_per_task": -1}})
+    track = SimpleNamespace(metric="core")
     facts = checks.ServerFacts(
         code_hashes={},
         frozen_packages=(),
-        tokenizer_dir=testing.GOLDEN_TOKENIZER,
+        tokenizer_dir=fixtures.GOLDEN_TOKENIZER,
         tokenizer_hash="t",
-        data_dir=testing.PRETRAIN,
+        data_dir=fixtures.PRETRAIN,
         data_hash="d",
         eval_bundle=bundle_dir,
+        eval_tokens=4096,
+        core_max_per_task=-1,
     )
-    record = json.loads(golden_bundles["r0"]["record.json"].read_text())
-    record["result"].update(metric="core", core=0.2601, value=0.2601)
+    record = read_record(bundle_dir)
+    record.result = record.result.model_copy(update={"metric": "core", "core": 0.2601, "value": 0.2601})
     results, recomputed = checks.check_metric(record, bundle_dir, track, facts)
     assert {r.name: r.outcome for r in results} == {"val_bpb": "pass", "core": "pass"}
     assert recomputed["core"] == 0.26 and calls == [(bundle_dir, -1)]
-    record["result"].update(core=0.30, value=0.30)
+    record.result = record.result.model_copy(update={"core": 0.30, "value": 0.30})
     results, _ = checks.check_metric(record, bundle_dir, track, facts)
     assert [r.outcome for r in results if r.name in ("core", "metric")] == ["fail", "fail"]

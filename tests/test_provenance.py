@@ -1,124 +1,19 @@
-"""harness.provenance: content hashes follow content (not mtimes or places), the hash cache, git, environment."""
+"""harness.provenance: what a record says a number came from: hashes, git, environment (hashing: test_hashing)."""
 
 import dataclasses
-import hashlib
 import json
-import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from baseline.dataset import data_fingerprint
 from harness import provenance
+from protocol.hashing import data_fingerprint, file_sha256, folder_or_file_hash, tree_hash
+from protocol.record import Provenance
+from tests.conftest import fake_shards
 
-REPO = provenance.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def baseline_copy(tmp_path):
-    dest = tmp_path / "repo" / "baseline"
-    shutil.copytree(REPO / "baseline", dest, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
-
-
-def test_tree_hash_changes_when_one_byte_of_baseline_changes(baseline_copy):
-    before = provenance.tree_hash(baseline_copy)
-    assert before == provenance.tree_hash(REPO / "baseline")  # same content elsewhere: same hash
-    gpt = baseline_copy / "gpt.py"
-    data = bytearray(gpt.read_bytes())
-    data[-1] ^= 1
-    gpt.write_bytes(bytes(data))
-    assert provenance.tree_hash(baseline_copy) != before
-
-
-def test_tree_hash_ignores_mtime_and_bytecode_but_not_names(baseline_copy):
-    before = provenance.tree_hash(baseline_copy)
-    os.utime(baseline_copy / "gpt.py", (1_000_000, 1_000_000))
-    (baseline_copy / "__pycache__").mkdir(exist_ok=True)
-    (baseline_copy / "__pycache__" / "gpt.cpython-311.pyc").write_bytes(b"\0junk")
-    (baseline_copy / "notes.txt").write_text("not *.py")
-    assert provenance.tree_hash(baseline_copy) == before
-    (baseline_copy / "gpt.py").rename(baseline_copy / "gpt2.py")
-    assert provenance.tree_hash(baseline_copy) != before
-    (baseline_copy / "gpt2.py").rename(baseline_copy / "gpt.py")
-    (baseline_copy / "extra.py").write_text("")  # a new (even empty) file counts
-    assert provenance.tree_hash(baseline_copy) != before
-
-
-def test_tree_hash_is_the_documented_formula(tmp_path):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "b.py").write_bytes(b"b")
-    (tmp_path / "sub" / "a.py").write_bytes(b"a")
-    h = hashlib.sha256()
-    for rel, content in sorted([("b.py", b"b"), ("sub/a.py", b"a")]):
-        h.update(f"{rel}\0{hashlib.sha256(content).hexdigest()}\n".encode())
-    assert provenance.tree_hash(tmp_path) == h.hexdigest()
-    assert provenance.file_hash(tmp_path / "b.py") == hashlib.sha256(b"b").hexdigest()
-    with pytest.raises(FileNotFoundError, match="not a directory"):
-        provenance.tree_hash(tmp_path / "missing")
-
-
-def test_code_hashes_follow_the_baseline(baseline_copy):
-    root = baseline_copy.parent
-    first = provenance.code_hashes(root)
-    assert first["baseline"] == provenance.tree_hash(REPO / "baseline") and first["eval"] is None
-    (baseline_copy / "train.py").write_text((baseline_copy / "train.py").read_text() + "\n# changed\n")
-    assert provenance.code_hashes(root)["baseline"] != first["baseline"]
-
-
-def _shards(tmp_path, n=3):
-    paths = []
-    for i in range(n):
-        p = tmp_path / f"shard_{i:05d}.parquet"
-        p.write_bytes(os.urandom(1000 + i))
-        paths.append(p)
-    return paths
-
-
-def test_data_hash_agrees_with_data_fingerprint(tmp_path):
-    files = _shards(tmp_path)
-    assert provenance.data_hash(files, hash_cache=None) == data_fingerprint(files)
-
-
-def test_hash_cache_does_not_reread_unchanged_files(tmp_path, monkeypatch):
-    files = _shards(tmp_path)
-    reads = []
-    real = provenance.file_sha256
-    shard_names = {f.name for f in files}
-
-    def counting_sha256(path):  # code trees are hashed through file_sha256 too: count only shard reads
-        if provenance.Path(path).name in shard_names:
-            reads.append(path)
-        return real(path)
-
-    monkeypatch.setattr(provenance, "file_sha256", counting_sha256)
-    cache_file = tmp_path / "cache" / "hashes.json"
-
-    provenance.data_hash(files, hash_cache=provenance.HashCache(cache_file))  # a HashCache instance: not saved
-    assert len(reads) == 3 and not cache_file.exists()
-    first = provenance.data_hash(files, hash_cache=cache_file)
-    assert len(reads) == 6 and len(json.loads(cache_file.read_text())) == 3
-    reads.clear()
-    second = provenance.collect(REPO, data_files=files, config={}, seed=0, hash_cache=cache_file)
-    assert reads == [] and second["data"]["fingerprint"] == first  # from the cache file, not the shards
-    assert provenance.data_hash(files, hash_cache=cache_file) == first and reads == []
-
-    files[1].write_bytes(os.urandom(1001))  # same size, new content and mtime
-    os.utime(files[1], ns=(1, 1))
-    third = provenance.collect(REPO, data_files=files, config={}, seed=0, hash_cache=cache_file)
-    assert [p.name for p in map(provenance.Path, reads)] == [files[1].name]
-    assert third["data"]["fingerprint"] == data_fingerprint(files) != first
-
-
-def test_hash_cache_survives_a_corrupt_file(tmp_path):
-    cache_file = tmp_path / "hashes.json"
-    cache_file.write_text("{not json")
-    (f,) = _shards(tmp_path, 1)
-    cache = provenance.HashCache(cache_file)
-    assert cache.sha256(f) == provenance.file_hash(f)
-    cache.save()
-    assert str(f.resolve()) in json.loads(cache_file.read_text())
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _git(cwd, *args):
@@ -200,7 +95,7 @@ def test_environment_has_versions_and_hardware():
 @dataclasses.dataclass
 class _Config:
     depth: int = 4
-    data_dir: provenance.Path = provenance.Path("/data")
+    data_dir: Path = Path("data")
 
 
 def test_collect_is_one_json_ready_dict(tmp_path):
@@ -218,37 +113,26 @@ def test_collect_is_one_json_ready_dict(tmp_path):
     )
     (bundle / "eval_meta_data.csv").write_text("Eval Task,Random baseline\ncopa,50.0\n")
     (bundle / "eval_data" / "copa.jsonl").write_text('{"query": "q", "choices": ["a", "b"], "gold": 0}\n')
-    files = _shards(tmp_path, 2)
+    files = fake_shards(tmp_path, 2)
 
     prov = provenance.collect(
-        REPO,
-        submission=sub,
-        data_files=files,
-        tokenizer_dir=tok,
-        eval_bundle=bundle,
-        config=_Config(),
-        seed=7,
-        hash_cache=None,
+        submission_dir=sub, data_files=files, tokenizer_dir=tok, eval_bundle=bundle, config=_Config(), seed=7
     )
     assert prov == json.loads(json.dumps(prov))  # JSON-ready as it is
-    assert prov["code"]["baseline"] == provenance.tree_hash(REPO / "baseline")
-    assert prov["submission"] == {
-        "name": "submission",
-        "path": str(sub),
-        "hash": provenance.tree_hash(sub),
-        "reason": None,
-    }
-    assert prov["tokenizer"] == provenance.tree_hash(tok, include=("*",))
+    Provenance.model_validate(prov)  # and it fits the record's schema
+    assert prov["code"]["baseline"] == tree_hash(REPO / "baseline")
+    assert prov["submission"] == {"name": "submission", "hash": tree_hash(sub)}  # a name and a hash, no path
+    assert prov["tokenizer"] == tree_hash(tok, include=("*",))
     assert prov["data"] == {"fingerprint": data_fingerprint(files), "num_files": 2, "bytes": 2001}
-    given = provenance.collect(REPO, data_files=files, data_hash="f" * 64, config={}, seed=0, hash_cache=None)
+    given = provenance.collect(data_files=files, data_hash="f" * 64, config={}, seed=0)
     assert given["data"]["fingerprint"] == "f" * 64  # the runner's fingerprint is not recomputed
     assert len(prov["eval_bundle"]) == 64
-    assert prov["config"] == {"depth": 4, "data_dir": "/data"} and prov["seed"] == 7
+    assert prov["config"] == {"depth": 4, "data_dir": "data"} and prov["seed"] == 7
     assert set(prov) >= {"git", "environment"}
-    bare = provenance.collect(REPO, config={"depth": 4}, seed=0, hash_cache=None)
+    bare = provenance.collect(config={"depth": 4}, seed=0)
     assert (bare["submission"], bare["data"], bare["tokenizer"], bare["eval_bundle"]) == (None,) * 4
     with pytest.raises(TypeError, match="config must be"):
-        provenance.collect(REPO, config=[1], seed=0, hash_cache=None)
+        provenance.collect(config=[1], seed=0)
 
 
 def test_environment_reports_gpus_when_cuda_is_there(monkeypatch):
@@ -268,19 +152,16 @@ def test_environment_reports_gpus_when_cuda_is_there(monkeypatch):
     assert env["gpus"][1] == {"name": "NVIDIA H100 80GB HBM3", "memory_total_bytes": 85 * 2**30, "capability": "9.0"}
 
 
-def test_submission_info_names_and_hashes_what_was_run(tmp_path):
-    assert provenance.submission_info("baseline")["hash"] is None
+def test_submission_ref_names_and_hashes_what_was_run(tmp_path):
     folder = REPO / "submissions" / "cosine_schedule"
-    by_path = provenance.submission_info(folder)
-    by_name = provenance.submission_info("cosine_schedule")
-    assert (
-        by_path == by_name
-        and by_path["name"] == "cosine_schedule"
-        and by_path["hash"]
-        == provenance.tree_hash(folder, include=provenance.ALL_FILES, exclude=provenance.NOT_CONTENT)
-    )
+    assert provenance.submission_ref(folder) == {"name": "cosine_schedule", "hash": folder_or_file_hash(folder)}
     single = tmp_path / "fast_muon.py"
     single.write_text("x = 1\n")
-    assert provenance.submission_info(single)["hash"] == provenance.file_hash(single)
-    missing = provenance.submission_info("nope")
-    assert missing["hash"] is None and "not found" in missing["reason"]
+    assert provenance.submission_ref(single) == {"name": "fast_muon", "hash": file_sha256(single)}
+
+
+def test_shards_hash_goes_through_the_machines_hash_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    files = fake_shards(tmp_path, 2)
+    assert provenance.shards_hash(files) == data_fingerprint(files)
+    assert len(json.loads((tmp_path / "cache" / "hashes.json").read_text())) == 2

@@ -21,8 +21,10 @@ from baseline.config import TrainConfig
 from baseline.device import init_runtime
 from baseline.hooks import baseline_optimizer, baseline_schedule
 from baseline.train import train
+from harness import trainer_process
+from protocol.record import RunSpec, write_spec
 from submissions import SubmissionError, check_submission, load_submission
-from submissions.checks import CHECKED_KINDS, check_kernels, check_optimizer, check_plan, check_schedule
+from submissions.conformance import CHECKED_KINDS, check_kernels, check_optimizer, check_plan, check_schedule
 from submissions.contract import ALLOWED_OVERRIDES, FORBIDDEN_OVERRIDES, KERNEL_SPECS, check_eval_budget
 from submissions.scaffold import scaffold
 from tests.conftest import GOLDEN, PRETRAIN, REPO
@@ -319,11 +321,15 @@ def test_refuses_orthogonalize_next_to_its_own_optimizer(tmp_path):
     refused(tmp_path, body + LEAVES_OUT_LM_HEAD, "sets both build_optimizer")
 
 
-def test_the_worker_refuses_while_loading_hooks_before_training(tmp_path):
-    from harness.worker import load_hooks  # its result is an argument of train(), so it runs first
-
+def test_the_training_process_refuses_a_broken_plugin_before_training(tmp_path):
+    folder = write(tmp_path, "CONFIG = {'seed': 7}")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    spec = RunSpec(submission=f"../{folder.name}", config={}, data_dir=".", tokenizer_dir=".", device="cpu")
+    write_spec(run_dir, spec)
     with pytest.raises(SubmissionError, match="may not set 'seed'"):
-        load_hooks(str(write(tmp_path, "CONFIG = {'seed': 7}")))
+        trainer_process.main(str(run_dir))
+    assert list(run_dir.iterdir()) == [run_dir / "run.json"]  # nothing trained, nothing written
 
 
 # ---------------------------------------------------------------------------------------- scaffold

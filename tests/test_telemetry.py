@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
+from harness import telemetry
 from harness.telemetry import THROTTLE_REASONS, TelemetrySampler, marks, read_samples, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,10 +189,13 @@ def test_nvml_failing_at_init_falls_back_to_cpu_and_keeps_sampling(tmp_path, mon
     assert summary["backend"] == "cpu" and "NVMLError_DriverNotLoaded" in summary["nvml_error"]
 
 
-def test_nvml_missing_falls_back_to_cpu(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", None)  # as if nvidia-ml-py were not installed
+def test_nvml_library_missing_falls_back_to_cpu(tmp_path, monkeypatch):
+    def no_library():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)  # a machine without the NVIDIA driver
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_library)
     tel = TelemetrySampler(tmp_path / "t.jsonl")
-    assert tel.backend == "cpu" and tel.nvml_error.startswith("ModuleNotFoundError") and tel.sample()["cpu"]
+    assert tel.backend == "cpu" and tel.nvml_error.startswith("NVMLError_LibraryNotFound") and tel.sample()["cpu"]
     tel.stop()
 
 
@@ -242,7 +246,7 @@ def test_throttle_reason_names_match_pynvml_bits():
 
 def test_nvml_backend_reads_every_field_and_decodes_throttle_reasons(tmp_path, monkeypatch):
     nv, calls = _fake_pynvml()
-    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    monkeypatch.setattr(telemetry, "pynvml", nv)
     tel = TelemetrySampler(tmp_path / "t.jsonl")
     assert tel.backend == "nvml" and tel.nvml_error is None
     s0 = tel.sample()
@@ -273,7 +277,7 @@ def test_nvml_backend_reads_every_field_and_decodes_throttle_reasons(tmp_path, m
 
 def test_nvml_failing_mid_run_switches_to_cpu_and_keeps_sampling(tmp_path, monkeypatch):
     nv, calls = _fake_pynvml(fail_after_samples=2)
-    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    monkeypatch.setattr(telemetry, "pynvml", nv)
     tel = TelemetrySampler(tmp_path / "t.jsonl")
     samples = [tel.sample() for _ in range(4)]
     assert [("gpus" in s) for s in samples] == [True, True, False, False]

@@ -166,7 +166,7 @@ def test_checkpoint_holds_nanochat_keys_and_meta(tmp_path):
 
 def speedrun(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO
+        [sys.executable, "-m", "speedrun", *map(str, args)], capture_output=True, text=True, cwd=cwd or REPO
     )
 
 

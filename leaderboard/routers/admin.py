@@ -4,7 +4,7 @@ from fastapi import APIRouter, HTTPException
 
 from leaderboard import crud, ranking
 from leaderboard.deps import CurrentAdmin, CurrentSubmitter, SessionDep
-from leaderboard.models import SubmitterPublic, TokenCreate, TokenCreated, Track, VerificationPublic
+from leaderboard.models import SubmitterPublic, TokenCreate, TokenCreated, TrackRow, VerificationPublic
 from leaderboard.tokens import issue_token
 
 router = APIRouter(prefix="/api", tags=["admin"])
@@ -32,5 +32,5 @@ def reverify(run_id: str, session: SessionDep, _admin: CurrentAdmin) -> Verifica
     if run is None:
         raise HTTPException(404, detail=f"no run {run_id!r}")
     verification = crud.reset_verification(session, run=run)
-    ranking.update_standing(session, track=session.get(Track, run.track_id), submission_id=run.submission_id)
+    ranking.update_standing(session, track=session.get(TrackRow, run.track_id), submission_id=run.submission_id)
     return VerificationPublic.model_validate(verification, update={"reasons": []})

@@ -20,12 +20,12 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from leaderboard import crud, ranking
-from leaderboard.bundle import read_jsonl
 from leaderboard.charts import Series, line_chart
 from leaderboard.deps import SessionDep, SettingsDep, open_session
-from leaderboard.models import RecordEntry, Run, Submission, Track
+from leaderboard.models import RecordEntry, Run, Submission, TrackRow
 from leaderboard.routers.runs import run_or_404
 from leaderboard.routers.tracks import track_or_404
+from leaderboard.uploads import read_jsonl
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
@@ -66,7 +66,7 @@ async def index(request: Request, settings: SettingsDep):
         with open_session(request) as session:
             runs = dict(session.exec(select(Run.track_id, func.count()).group_by(Run.track_id)).all())
             rows = []
-            for track in session.exec(select(Track).order_by(Track.name)).all():
+            for track in session.exec(select(TrackRow).order_by(TrackRow.name)).all():
                 record = session.exec(
                     select(RecordEntry, Submission.name)
                     .join(Submission, Submission.id == RecordEntry.submission_id)

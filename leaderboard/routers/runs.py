@@ -1,7 +1,7 @@
 """/api/runs: upload a run bundle (bearer token), list runs, read one run and download its files.
 
 Upload rules: 401 without a valid token; 413 over the size limits; 422 when the bundle does not
-validate (record schema v1, a known track, JSON lines); 201 for a new run; 200 for the same bundle
+validate (protocol.record's schema, a known track, JSON lines); 201 for a new run; 200 for the same bundle
 uploaded again by the same submitter (idempotent: one run); 409 when the run_id exists with another
 bundle or belongs to another submitter (a run is never overwritten).
 """
@@ -13,10 +13,11 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Response, Uploa
 from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 
-from leaderboard import bundle, crud, ranking
+from leaderboard import crud, ranking, uploads
 from leaderboard.deps import CurrentSubmitter, SessionDep, SettingsDep
-from leaderboard.models import RunDetail, RunPublic, Track
+from leaderboard.models import RunDetail, RunPublic, TrackRow
 from leaderboard.routers.tracks import track_or_404
+from protocol.bundle import MEMBERS
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
 FIELDS = {
@@ -82,42 +83,38 @@ def upload_run(
         if f is not None
     }
     try:
-        staged = bundle.stage(
+        staged = uploads.stage(
             storage_dir=settings.storage_dir,
             files=given or None,
             tarball=bundle_file.file if bundle_file is not None else None,
             max_total_bytes=settings.max_upload_bytes,
             max_file_bytes=settings.max_file_bytes,
         )
-    except bundle.BundleError as e:
+    except uploads.BundleError as e:
         raise HTTPException(e.status, detail=e.detail) from e
-    record_json = staged.record
+    record = staged.record
     existing = _existing(session, staged, submitter.id)
     if existing is not None:
         response.status_code = 200
         return existing
-    track = crud.get_track(session, name=record_json["track"]["name"])
-    if track is None or track.version != record_json["track"]["version"]:
+    track = crud.get_track(session, name=record.track.name)
+    if track is None or track.version != record.track.version:
         staged.discard()
         have = f"v{track.version}" if track else "no such track"
-        raise HTTPException(
-            422,
-            detail=f"track {record_json['track']['name']} v{record_json['track']['version']}: the server has {have}",
-        )
-    sub = record_json["submission"]
-    bundle.store(staged, storage_dir=settings.storage_dir)
+        raise HTTPException(422, detail=f"track {record.track.name} v{record.track.version}: the server has {have}")
+    uploads.store(staged, storage_dir=settings.storage_dir)
     try:
         submission = crud.get_or_create_submission(
             session,
             submitter=submitter,
-            name=sub["name"],
-            code_hash=sub.get("hash"),
+            name=record.submission.name,
+            code_hash=record.submission.hash,
             description=description,
             link=link,
         )
         run = crud.create_run(
             session,
-            record=record_json,
+            record=record,
             bundle_sha256=staged.sha256,
             files=staged.files,
             track=track,
@@ -128,16 +125,16 @@ def upload_run(
         session.rollback()
         existing = _existing(session, staged, submitter.id)
         if existing is None:
-            raise HTTPException(409, detail=f"run {record_json['run_id']} was just uploaded by someone else") from None
+            raise HTTPException(409, detail=f"run {record.run_id} was just uploaded by someone else") from None
         response.status_code = 200
         return existing
     ranking.update_standing(session, track=track, submission_id=submission.id)
     return crud.run_public(session, run=run)
 
 
-def _existing(session, staged: bundle.StagedBundle, submitter_id: int) -> RunPublic | None:
+def _existing(session, staged: uploads.StagedBundle, submitter_id: int) -> RunPublic | None:
     """The run this upload repeats (None if its run_id is new); 409 if the run_id is taken by another bundle."""
-    run = crud.get_run(session, run_id=staged.record["run_id"])
+    run = crud.get_run(session, run_id=staged.record.run_id)
     if run is None:
         return None
     staged.discard()
@@ -161,7 +158,7 @@ def read_runs(
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=10**9),
 ) -> list[RunPublic]:
-    track_row: Track | None = track_or_404(session, track) if track is not None else None
+    track_row: TrackRow | None = track_or_404(session, track) if track is not None else None
     return crud.list_runs(
         session, track=track_row, submission_id=submission_id, verification=verification, limit=limit, offset=offset
     )
@@ -191,7 +188,7 @@ def read_run(run_id: str, session: SessionDep) -> RunDetail:
 )
 def download_file(run_id: str, name: str, session: SessionDep, settings: SettingsDep):
     run = run_or_404(session, run_id)
-    if name not in bundle.MEMBERS or name not in (run.files or {}):
+    if name not in MEMBERS or name not in (run.files or {}):
         raise HTTPException(404, detail=f"run {run_id} has no file {name!r}: it has {', '.join(run.files or {})}")
     path = settings.storage_dir / "bundles" / run.bundle_sha256 / name
     if not path.is_file():

@@ -5,14 +5,14 @@ from pydantic import TypeAdapter
 
 from leaderboard import crud, ranking
 from leaderboard.deps import SessionDep, SettingsDep, open_session
-from leaderboard.models import RecordPublic, StandingPublic, Track, TrackPublic
+from leaderboard.models import RecordPublic, StandingPublic, TrackPublic, TrackRow
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 NOT_FOUND = {404: {"description": "No such track"}}
 BOARD, RECORDS = TypeAdapter(list[StandingPublic]), TypeAdapter(list[RecordPublic])
 
 
-def track_or_404(session, name: str) -> Track:
+def track_or_404(session, name: str) -> TrackRow:
     track = crud.get_track(session, name=name)
     if track is None:
         known = ", ".join(t.name for t in crud.list_tracks_public(session))

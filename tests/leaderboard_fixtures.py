@@ -1,6 +1,6 @@
 """Small hand-made run bundles from the golden model, for the leaderboard's tests and its benchmark.
 
-    from leaderboard.testing import golden_track_file, make_bundle, server_settings
+    from tests.leaderboard_fixtures import golden_track_file, make_bundle, server_settings
     track_toml = golden_track_file(tmp)                 # track "golden": d4 on 2 CPU threads, val bpb < 7
     files = make_bundle(tmp / "b1", run_id="r1", seed=1)   # record.json, events.jsonl, ... as a run writes them
     settings = server_settings(tmp, database_url=None)  # SQLite under tmp, the golden track and its resources
@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from harness.provenance import ALL_FILES, NOT_CONTENT, code_hashes, tree_hash
 from leaderboard.settings import REPO, Settings, TrackResources
+from protocol.hashing import ALL_FILES, NOT_CONTENT, code_hashes, tree_hash
 
 SHARED = Path(os.environ.get("SPEEDRUN_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"
@@ -47,7 +47,6 @@ TRACK_TOML = f'''name = "{TRACK}"
 version = 1
 description = "The golden d4 model on 2 CPU threads: the leaderboard's test track."
 provisional = true
-timing_rule = "sum of device-synchronized step times of steps > 10"
 price_per_hour = 0.10
 
 [hardware]
@@ -70,7 +69,7 @@ higher_is_better = false
 threshold = {THRESHOLD}
 eval_tokens = 4096
 
-[baseline]
+[recipe]
 depth = 4
 '''
 
@@ -196,7 +195,7 @@ def make_bundle(
     elif tamper is not None and tamper != "pickle":
         raise ValueError(f"unknown tamper {tamper!r}")
     record = {
-        "schema_version": 1,
+        "schema_version": 2,
         "run_id": run_id,
         "status": "completed",
         "official": True,
@@ -207,7 +206,7 @@ def make_bundle(
         "seed": seed,
         "nproc": 1,
         "resumed": 0,
-        "submission": {"name": submission, "hash": "a" * 64, "path": None, "reason": None},
+        "submission": {"name": submission, "hash": "a" * 64},
         "track": {"name": TRACK, "version": 1, "metric": "val_bpb", "threshold": THRESHOLD, "higher_is_better": False},
         "config": {
             "depth": 4,
@@ -271,7 +270,7 @@ def make_bundle(
     paths["record.json"].write_text(json.dumps(record, indent=1))
     paths["events.jsonl"].write_text("".join(json.dumps(e) + "\n" for e in events))
     paths["telemetry.jsonl"].write_text("".join(json.dumps(r) + "\n" for r in _telemetry(t0, events[-1]["wall"])))
-    paths["meta.json"].write_text(json.dumps({"step": n_steps, "model_config": GOLDEN_CONFIG, "tokenizer_dir": None}))
+    paths["meta.json"].write_text(json.dumps({"step": n_steps, "model_config": GOLDEN_CONFIG}))
     paths["train.log"].write_text(f"training d4 for {n_steps} steps (test fixture {run_id})\n")
     if tamper == "pickle":
         paths["model.safetensors"].write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))

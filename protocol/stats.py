@@ -1,7 +1,7 @@
 """Statistics over runs: a table of run records, mean ± std, and the significance test for a record.
 
-    from harness import stats
-    df = stats.runs_table(stats.load_records(["runs/abc", "runs/def/record.json"]))
+    from protocol import stats
+    df = stats.runs_table([read_record(d) for d in run_dirs])
     s = stats.summarize(df, metric="core", target=0.256525, higher_is_better=True)
     print(stats.format_summary(s)); stats.to_csv(df, "runs.csv"); stats.to_json(s, "summary.json")
 
@@ -22,10 +22,8 @@ Degenerate cases, decided here rather than left to scipy's NaNs and warnings:
     target (strictly) and 1.0 otherwise.
 `p_value_reason` says which case applied (None for an ordinary t-test).
 
-Records: `runs_table` reads each column of FIELDS from the first of its dotted keys present in a
-record, so flat records (`{"val_bpb": 0.8}`), nested ones (`{"result": {"val_bpb": 0.8}}`) and
-json_normalize'd ones (`{"result.val_bpb": 0.8}`) all give the same table; a field absent from a
-record is NaN. Top-level scalars not named in FIELDS are kept as columns too.
+`summarize` takes the table `runs_table` makes from run records, or plain rows with the same column
+names (the leaderboard passes its verified, recomputed values that way).
 """
 
 import json
@@ -38,73 +36,44 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-RECORD_P_VALUE = 0.01  # a record needs p < 0.01
-COUNTED_STATUSES = ("completed",)  # harness.record.STATUSES; a record with no status (hand-made) counts too
+from protocol.record import RunRecord
 
-# column -> dotted keys into a run record, tried in order (the record schema is the runner's; these
-# cover its names and the flat ones a user might write by hand).
-FIELDS: dict[str, tuple[str, ...]] = {
-    "run_id": ("run_id",),
-    "submission": ("submission", "submission.name"),
-    "track": ("track", "track.name"),
-    "seed": ("seed", "config.seed", "provenance.seed"),
-    "status": ("status",),
-    "official": ("official",),
-    "train_time_s": ("train_time_s", "timing.train_time_s"),
-    "wall_time_s": ("wall_time_s", "timing.wall_time_s"),
-    "val_bpb": ("val_bpb", "result.val_bpb", "eval.val_bpb"),
-    "core": ("core", "result.core", "eval.core"),
-    "target_met": ("target_met", "result.target_met"),
-    "energy_kwh": ("energy_kwh", "telemetry.energy_kwh"),
-    "cost_usd": ("cost_usd", "telemetry.cost_usd", "telemetry.cost"),
-    "git_commit": ("git_commit", "provenance.git.commit"),
-}
-NUMERIC = ("seed", "train_time_s", "wall_time_s", "val_bpb", "core", "energy_kwh", "cost_usd")
-RECORD_FILE = "record.json"
+RECORD_P_VALUE = 0.01  # a record needs p < 0.01
+COUNTED_STATUSES = ("completed",)  # protocol.record.STATUSES that count; a row with no status counts too
+COLUMNS = ("run_id", "submission", "track", "seed", "status", "official", "train_time_s", "wall_time_s", "val_bpb",
+           "core", "target_met", "energy_kwh", "cost_usd", "git_commit")  # fmt: skip
 
 
 # ------------------------------------------------------------------ records -> table
 
 
-def load_records(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """Each path is a run directory (its record.json is read) or a record JSON file."""
-    records = []
-    for p in map(Path, paths):
-        file = p / RECORD_FILE if p.is_dir() else p
-        if not file.is_file():
-            raise FileNotFoundError(f"{p} is neither a run directory with {RECORD_FILE} nor a record file")
-        records.append(json.loads(file.read_text()))
-    return records
-
-
-def _lookup(record: Mapping, dotted: str):
-    """record["a.b"] if present (flat, or json_normalize'd), else record["a"]["b"]; None if absent or not a leaf."""
-    if dotted in record:
-        node = record[dotted]
-    else:
-        node = record
-        for part in dotted.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return None
-            node = node[part]
-    return None if isinstance(node, Mapping) else node
-
-
-def runs_table(records: Iterable[Mapping], fields: Mapping[str, tuple[str, ...]] = FIELDS) -> pd.DataFrame:
-    """One row per run record: the FIELDS columns (NaN where absent), then other top-level scalars."""
+def runs_table(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run record, the COLUMNS (NaN where a run has no value)."""
     rows = []
-    for rec in records:
-        row = {}
-        for column, keys in fields.items():
-            row[column] = next((v for v in (_lookup(rec, k) for k in keys) if v is not None), math.nan)
-        for key, value in rec.items():
-            if key not in row and (value is None or isinstance(value, str | int | float | bool)):
-                row[key] = math.nan if value is None else value
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=list(dict.fromkeys([*fields, *(k for r in rows for k in r)])))
-    for column in NUMERIC:
-        if column in df:
-            df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
+    for r in records:
+        timing, result, telemetry = r.timing, r.result, r.telemetry
+        git = r.provenance.git if r.provenance else None
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "submission": r.submission.name,
+                "track": r.track.name,
+                "seed": r.seed,
+                "status": r.status,
+                "official": r.official,
+                "train_time_s": timing.train_time_s if timing else None,
+                "wall_time_s": timing.wall_time_s if timing else None,
+                "val_bpb": result.val_bpb if result else None,
+                "core": result.core if result else None,
+                "target_met": result.target_met if result else None,
+                "energy_kwh": telemetry.energy_kwh if telemetry else None,
+                "cost_usd": telemetry.cost if telemetry else None,
+                "git_commit": git.commit if git else None,
+            }
+        )
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    for column in ("seed", "train_time_s", "wall_time_s", "val_bpb", "core", "energy_kwh", "cost_usd"):
+        df[column] = pd.to_numeric(df[column], errors="coerce").astype(float)
     return df
 
 
@@ -117,7 +86,7 @@ def _stat(x) -> float | None:
 
 
 def summarize(
-    runs: list[Mapping] | pd.DataFrame,
+    runs: Iterable[Mapping] | pd.DataFrame,
     *,
     metric: str,
     target: float,
@@ -128,7 +97,7 @@ def summarize(
 
     See the module docstring for which runs are excluded and how n < 2 and zero variance are decided.
     """
-    df = runs if isinstance(runs, pd.DataFrame) else runs_table(runs)
+    df = runs if isinstance(runs, pd.DataFrame) else pd.DataFrame(list(runs))
     if metric not in df:
         raise KeyError(f"no column {metric!r} in the runs: have {', '.join(map(str, df.columns))}")
     values = pd.to_numeric(df[metric], errors="coerce").astype(float)
@@ -184,7 +153,11 @@ def summarize(
 
 
 def _time_stats(df: pd.DataFrame, keep: list, time_key: str) -> dict:
-    t = pd.to_numeric(df[time_key], errors="coerce").astype(float)[keep] if time_key in df else pd.Series([])
+    t = (
+        pd.to_numeric(df[time_key], errors="coerce").astype(float)[keep]
+        if time_key in df
+        else pd.Series([], dtype=float)
+    )
     t = t[np.isfinite(t)].to_numpy()
     return {
         "time_key": time_key,

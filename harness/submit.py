@@ -1,12 +1,10 @@
 """`speedrun submit RUN_DIR... --server URL --token T`: pack each run as a bundle and upload it.
 
-    from leaderboard.client import submit
+    from harness.submit import submit
     submit(["runs/20260101-cpu-books-baseline-s0"], "http://127.0.0.1:8000", token, description="...")
 
-A bundle is a .tar.gz of record.json, events.jsonl, telemetry.jsonl, train.log (if present) and the
-final checkpoint's model.safetensors + meta.json (record.files.checkpoint, else the latest one),
-flat at the top level (see leaderboard/bundle.py). Uploading the same run twice is harmless: the
-server answers 200 with the run it already has.
+A bundle is a .tar.gz of the members protocol/bundle.py names, flat at the top level. Uploading the
+same run twice is harmless: the server answers 200 with the run it already has.
 """
 
 import io
@@ -16,8 +14,8 @@ from pathlib import Path
 
 import requests
 
-from baseline.checkpoint import latest_checkpoint
-from harness.record import read_record
+from protocol.bundle import OPTIONAL, member_paths
+from protocol.record import read_record
 
 
 class SubmitError(RuntimeError):
@@ -27,27 +25,17 @@ class SubmitError(RuntimeError):
 def pack(run_dir: str | Path) -> bytes:
     """The bundle of one run directory as .tar.gz bytes."""
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
-    checkpoint = (record.get("files") or {}).get("checkpoint")
-    checkpoint = run_dir / checkpoint if checkpoint else latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None or not (checkpoint / "model.safetensors").is_file():
+    members = member_paths(run_dir, read_record(run_dir))
+    if not members["model.safetensors"].is_file():
         raise FileNotFoundError(
             f"{run_dir} has no final checkpoint with model.safetensors: only a finished run can be submitted"
         )
-    members = {
-        "record.json": run_dir / "record.json",
-        "events.jsonl": run_dir / "events.jsonl",
-        "telemetry.jsonl": run_dir / "telemetry.jsonl",
-        "train.log": run_dir / "train.log",
-        "model.safetensors": checkpoint / "model.safetensors",
-        "meta.json": checkpoint / "meta.json",
-    }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, path in members.items():
             if path.is_file():
                 tar.add(path, arcname=name, recursive=False)
-            elif name != "train.log":
+            elif name not in OPTIONAL:
                 raise FileNotFoundError(f"{run_dir} lacks {path.relative_to(run_dir)}: the bundle needs it")
     return buf.getvalue()
 

@@ -1,9 +1,14 @@
-"""Tracks as data: one small TOML file each, shipped in `harness/tracks/` or written by a user.
+"""Tracks as data: one small TOML file each, shipped in `protocol/tracks/` or written by a user.
 
-A track pins everything a result is judged by: hardware, dataset identity (content hash),
-tokenizer, target (metric, threshold, direction), the timing rule, the price of an hour of
-hardware, and the baseline's training config. `speedrun tracks` lists them; `load_track(name or
-path)` reads one; `speedrun track calibrate` writes the measured target back into the file.
+    from protocol.tracks import load_track
+    track = load_track("cpu-books")            # or the path of a .toml file
+    track.target.met(2.41), track.hardware.describe(), track.recipe["depth"]
+
+A track pins everything a result is judged by: the hardware, the dataset's identity (content hash),
+the tokenizer, the target (metric, threshold, direction), the price of an hour of hardware, and the
+recipe: the reference training config every submission starts from. The timing rule is the same for
+every track (protocol/timing.py). `speedrun tracks` lists them; `speedrun track calibrate` writes a
+measured target back into the file.
 """
 
 import tomllib
@@ -23,7 +28,9 @@ class Hardware:
     cpu_threads: int | None = None
 
     def describe(self) -> str:
-        return f"{self.gpu_count}x{self.gpu_model}" if self.kind == "cuda" else f"CPU, {self.cpu_threads} threads"
+        if self.kind == "cuda":
+            return f"{self.gpu_count}x{self.gpu_model or 'GPU'}"
+        return f"CPU, {self.cpu_threads} threads"
 
 
 @dataclass(frozen=True)
@@ -32,8 +39,8 @@ class Dataset:
     description: str = ""
     shards: tuple[str, ...] = ()  # exact file names, when pinned
     num_train_shards: int | None = None  # ClimbMix shards 0..n-1 (+ the val shard), when not listed
-    content_hash: str = ""  # baseline.dataset.data_fingerprint of the shards; "" = not pinned yet
-    default_dir: str | None = None
+    content_hash: str = ""  # protocol.hashing.data_fingerprint of the shards; "" = not pinned yet
+    default_dir: str | None = None  # relative to the repository
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,13 @@ class TokenizerSpec:
     vocab_size: int
     max_chars: int
     doc_cap: int = 10_000
+
+
+def beats(value: float | None, threshold: float, higher_is_better: bool) -> bool | None:
+    """Whether `value` beats the threshold in the metric's direction (None when there is no value to judge)."""
+    if value is None:
+        return None
+    return value > threshold if higher_is_better else value < threshold
 
 
 @dataclass(frozen=True)
@@ -51,10 +65,13 @@ class Target:
     eval_tokens: int = 41_943_040  # val bpb budget (tokens)
     core_max_per_task: int = -1  # -1 = every example (an official CORE)
 
-    def met(self, value: float | None) -> bool:
-        if value is None:
-            return False
-        return value > self.threshold if self.higher_is_better else value < self.threshold
+    def met(self, value: float | None) -> bool | None:
+        return beats(value, self.threshold, self.higher_is_better)
+
+    def describe(self) -> str:
+        if not self.threshold:
+            return f"{self.metric}: target not set"
+        return f"{self.metric} {'>' if self.higher_is_better else '<'} {self.threshold:g}"
 
 
 @dataclass(frozen=True)
@@ -63,19 +80,18 @@ class Track:
     version: int
     description: str
     provisional: bool
-    timing_rule: str
     price_per_hour: float  # USD per GPU-hour (cuda) or per machine-hour (cpu)
     hardware: Hardware
     dataset: Dataset
     tokenizer: TokenizerSpec
     target: Target
-    baseline: dict  # TrainConfig fields for the baseline run
+    recipe: dict  # TrainConfig fields of the reference run
     calibration: dict = field(default_factory=dict)
-    path: Path | None = None
+    path: Path | None = field(default=None, compare=False)  # where it was read from (never serialized)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["path"] = str(self.path) if self.path else None
+        d.pop("path")
         return d
 
 
@@ -90,28 +106,31 @@ def track_path(name_or_path: str | Path) -> Path:
     raise ValueError(f"unknown track {name_or_path!r}: use one of {known}, or the path of a track .toml file")
 
 
+def track_from_dict(raw: dict, path: Path | None = None) -> Track:
+    """A Track from the TOML's tables (or Track.to_dict()'s output)."""
+    return Track(
+        name=raw["name"],
+        version=raw["version"],
+        description=raw.get("description", ""),
+        provisional=raw.get("provisional", True),
+        price_per_hour=float(raw["price_per_hour"]),
+        hardware=Hardware(**raw["hardware"]),
+        dataset=Dataset(**{**raw["dataset"], "shards": tuple(raw["dataset"].get("shards", ()))}),
+        tokenizer=TokenizerSpec(**raw["tokenizer"]),
+        target=Target(**raw["target"]),
+        recipe=dict(raw["recipe"]),
+        calibration=dict(raw.get("calibration", {})),
+        path=path,
+    )
+
+
 def load_track(name_or_path: str | Path) -> Track:
     path = track_path(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
-        return Track(
-            name=raw["name"],
-            version=raw["version"],
-            description=raw.get("description", ""),
-            provisional=raw.get("provisional", True),
-            timing_rule=raw["timing_rule"],
-            price_per_hour=float(raw["price_per_hour"]),
-            hardware=Hardware(**raw["hardware"]),
-            dataset=Dataset(**{**raw["dataset"], "shards": tuple(raw["dataset"].get("shards", ()))}),
-            tokenizer=TokenizerSpec(**raw["tokenizer"]),
-            target=Target(**raw["target"]),
-            baseline=dict(raw["baseline"]),
-            calibration=dict(raw.get("calibration", {})),
-            path=path,
-        )
+        return track_from_dict(tomllib.loads(path.read_text()), path)
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
         problem = f"{type(e).__name__}: {e}"
-        raise ValueError(f"track file {path} is malformed ({problem}); compare with cpu-books.toml") from e
+        raise ValueError(f"track file {path.name} is malformed ({problem}); compare with cpu-books.toml") from e
 
 
 def list_tracks() -> list[Track]:
@@ -131,10 +150,7 @@ def save_calibration(track: Track, threshold: float, calibration: dict) -> Path:
 def format_tracks(tracks: list[Track]) -> str:
     rows = [("track", "hardware", "target", "status", "description")]
     for t in tracks:
-        op = ">" if t.target.higher_is_better else "<"
-        threshold = f"{op} {t.target.threshold:g}" if t.target.threshold else "(unset)"
-        target = f"{t.target.metric} {threshold}"
-        rows.append((t.name, t.hardware.describe(), target, "provisional" if t.provisional else "calibrated",
-                     t.description[:60]))  # fmt: skip
+        status = "provisional" if t.provisional else "calibrated"
+        rows.append((f"{t.name} v{t.version}", t.hardware.describe(), t.target.describe(), status, t.description[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4] for r in rows)

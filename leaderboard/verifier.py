@@ -1,6 +1,6 @@
-"""The verification worker: claims pending runs, runs every check, records the verdict and the standings.
+"""The verifier: claims pending runs, runs every check, records the verdict and the standings.
 
-    speedrun verify --worker            # leaderboard.worker.verify_worker(once=False): poll forever
+    speedrun verify --worker            # leaderboard.verifier.verify_worker(once=False): poll forever
     speedrun verify --worker --once     # verify what is pending now, then exit
 
 Several workers can share one PostgreSQL database: a job is claimed with SELECT … FOR UPDATE SKIP
@@ -17,19 +17,21 @@ import socket
 import time
 import traceback
 from datetime import timedelta
-from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
 from leaderboard import checks
-from leaderboard.bundle import read_jsonl
-from leaderboard.models import Check, Run, Track, Verification, utcnow
+from leaderboard.db import prepare_database
+from leaderboard.models import Check, Run, TrackRow, Verification, utcnow
 from leaderboard.ranking import update_standing
-from leaderboard.settings import Settings, TrackResources, database_url, get_settings
+from leaderboard.resources import server_facts
+from leaderboard.settings import Settings, database_url, get_settings
+from leaderboard.uploads import read_jsonl
+from protocol.record import parse_record
 
-log = logging.getLogger("leaderboard.worker")
+log = logging.getLogger("leaderboard.verifier")
 
 
 def claim(session: Session, *, worker_id: str, lease_s: float) -> Verification | None:
@@ -69,75 +71,9 @@ def claim(session: Session, *, worker_id: str, lease_s: float) -> Verification |
     return job
 
 
-@lru_cache(maxsize=64)
-def _tree_hash(path: str) -> str:
-    from harness.provenance import ALL_FILES, NOT_CONTENT, tree_hash
-
-    return tree_hash(path, include=ALL_FILES, exclude=NOT_CONTENT)
-
-
-@lru_cache(maxsize=4)
-def _server_code_hashes(repo_root: str) -> dict:
-    from harness.provenance import code_hashes
-
-    return code_hashes(repo_root)
-
-
-def server_facts(track: Track, settings: Settings) -> checks.ServerFacts:
-    """The server's own copies of what a run of `track` must match (see Settings.track_resources)."""
-    res = settings.track_resources.get(track.name) or TrackResources()
-    spec = track.spec or {}
-    data_dir = res.data_dir
-    if data_dir is None and _get(spec, "dataset", "default_dir"):
-        from harness.runner import data_dir_for
-        from harness.tracks import load_track
-
-        data_dir = data_dir_for(load_track(spec["path"]), None) if spec.get("path") else None
-    data_dir = data_dir if data_dir is not None and Path(data_dir).is_dir() else None
-    data_hash = track.data_hash or (_data_hash(data_dir, spec) if data_dir else None)
-    tokenizer_dir = res.tokenizer_dir
-    if tokenizer_dir is None and data_hash:  # where `speedrun run` caches the tokenizer it trained
-        from harness.runner import CACHE
-
-        vocab = _get(spec, "tokenizer", "vocab_size")
-        tokenizer_dir = CACHE / "tokenizers" / f"{track.name}-v{vocab}-{data_hash[:12]}"
-    tokenizer_dir = tokenizer_dir if tokenizer_dir is not None and Path(tokenizer_dir).is_dir() else None
-    return checks.ServerFacts(
-        code_hashes=_server_code_hashes(str(settings.repo_root)),
-        frozen_packages=tuple(settings.frozen_packages),
-        tokenizer_dir=tokenizer_dir,
-        tokenizer_hash=_tree_hash(str(tokenizer_dir)) if tokenizer_dir else None,
-        data_dir=data_dir,
-        data_hash=data_hash,
-        eval_bundle=res.eval_bundle,
-        device=settings.verify_device,
-        bpb_abs_tolerance=settings.bpb_abs_tolerance,
-        core_abs_tolerance=settings.core_abs_tolerance,
-        time_rel_tolerance=settings.time_rel_tolerance,
-        time_abs_tolerance_s=settings.time_abs_tolerance_s,
-    )
-
-
-def _get(d, *path):
-    for key in path:
-        d = d.get(key) if isinstance(d, dict) else None
-    return d
-
-
-def _data_hash(data_dir: Path, spec: dict) -> str | None:
-    from baseline.dataset import list_shards
-    from harness.provenance import data_hash
-
-    files = list_shards(data_dir)
-    names = _get(spec, "dataset", "shards")
-    if names:
-        files = [f for f in files if f.name in set(names)]
-    return data_hash(files) if files else None
-
-
-def run_checks(run: Run, track: Track, bundle_dir: Path, facts: checks.ServerFacts) -> tuple[list, dict]:
+def run_checks(run: Run, track: TrackRow, bundle_dir: Path, facts: checks.ServerFacts) -> tuple[list, dict]:
     """Every check of one run, in order; (results, recomputed values)."""
-    record = run.record or {}
+    record = parse_record(run.record, where=f"run {run.run_id}'s record")
     events, telemetry = read_jsonl(bundle_dir / "events.jsonl"), read_jsonl(bundle_dir / "telemetry.jsonl")
     results = [
         checks.check_record(record, track),
@@ -173,7 +109,7 @@ def verify(session: Session, *, job: Verification, settings: Settings) -> Verifi
     """Run the checks of a claimed job and write the verdict, its checks and the standing."""
     t0 = time.perf_counter()
     run = session.get(Run, job.run_pk)
-    track = session.get(Track, run.track_id)
+    track = session.get(TrackRow, run.track_id)
     bundle_dir = Path(settings.storage_dir) / "bundles" / run.bundle_sha256
     results, recomputed = run_checks(run, track, bundle_dir, server_facts(track, settings))
     for old in session.exec(select(Check).where(Check.verification_id == job.id)).all():
@@ -207,8 +143,6 @@ def verify_worker(
     once: bool = False, *, settings: Settings | None = None, poll_s: float = 5.0, worker_id: str | None = None
 ) -> int:
     """`speedrun verify --worker [--once]`: verify pending runs (forever, or until none is left); returns how many."""
-    from leaderboard.app import prepare_database
-
     settings = settings or get_settings()
     engine = prepare_database(settings)
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"

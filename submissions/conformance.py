@@ -1,6 +1,6 @@
-"""The checks a submission must pass before it trains: optimizer coverage, a sane schedule, equivalent kernels.
+"""Conformance checks a submission must pass before it trains: optimizer coverage, sane schedule, equivalent kernels.
 
-    from submissions import check_submission, load_submission
+    from submissions.conformance import check_submission
     check_submission(load_submission("my_idea"))       # SubmissionError (one line) on the first failure
 
 The runner calls it once before the first seed; `tests/test_submissions.py` calls it on every folder in

@@ -1,17 +1,9 @@
-"""A run bundle: what `speedrun submit` uploads for one run, and how the server takes it in.
-
-Members (flat names; a .tar.gz holds the same names at its top level):
-    record.json        the run record (harness/record.py, schema v1), status "completed"
-    events.jsonl       the trainer's step events ({event: "step", step, dt_s, loss, ...})
-    telemetry.jsonl    the telemetry sampler's lines (info, samples, marks)
-    model.safetensors  the final checkpoint's weights (checked by the worker: never unpickled)
-    meta.json          the final checkpoint's meta (model_config, ...)
-    train.log          optional: the run's log, offered for download
+"""Uploads: how the server takes in a run bundle (protocol/bundle.py says what one holds).
 
 `stage(...)` copies the members into a staging directory with a size bound on each (413), validates
-them (422), and returns a `StagedBundle` whose `sha256` names the bundle: sha256 over the sorted
-`name sha256(member)` lines, so the same files always give the same bundle, however they were packed.
-`store(...)` then moves it to `storage_dir/bundles/<sha256>/` (kept if already there).
+them (422: the record against protocol.record's strict schema, the checkpoint meta, the JSON lines),
+and returns a `StagedBundle` named by protocol.bundle.bundle_sha256. `store(...)` then moves it to
+`storage_dir/bundles/<sha256>/` (kept if already there).
 """
 
 import hashlib
@@ -23,15 +15,14 @@ import tarfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-REQUIRED = ("record.json", "events.jsonl", "telemetry.jsonl", "model.safetensors", "meta.json")
-OPTIONAL = ("train.log",)
-MEMBERS = REQUIRED + OPTIONAL
+from protocol.bundle import MEMBERS, REQUIRED, bundle_sha256
+from protocol.record import RECORD_FILE, RunRecord, parse_record
+
 CHUNK = 1 << 20
-HEX64 = r"^[0-9a-f]{64}$"
 
 
 class BundleError(ValueError):
@@ -42,61 +33,7 @@ class BundleError(ValueError):
         self.status, self.detail = status, detail
 
 
-# ------------------------------------------------------------------ the record schema the server reads
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-
-class TrackRef(_Strict):
-    name: str = Field(min_length=1, max_length=100)
-    version: int
-    metric: Literal["val_bpb", "core"]
-    threshold: float
-    higher_is_better: bool
-
-
-class SubmissionRef(_Strict):
-    name: str = Field(min_length=1, max_length=200)
-    hash: str | None = Field(default=None, pattern=HEX64)
-
-
-class Timing(_Strict):
-    train_time_s: float = Field(ge=0)
-    steps: int = Field(ge=0)
-    wall_time_s: float | None = None
-
-
-class Result(_Strict):
-    metric: Literal["val_bpb", "core"]
-    value: float | None
-    val_bpb: float | None = None
-    core: float | None = None
-    target_met: bool | None = None
-
-
-class RecordV1(_Strict):
-    """The part of harness/record.py's schema v1 the server relies on; other keys are kept as they are."""
-
-    schema_version: Literal[1]
-    run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-    status: Literal["completed"]  # only a finished run has a final checkpoint to verify
-    official: bool
-    unofficial_reasons: list[str] = []
-    created: str | None = None
-    finished: str | None = None
-    seed: int
-    nproc: int = Field(ge=1)
-    submission: SubmissionRef
-    track: TrackRef
-    config: dict
-    timing: Timing
-    result: Result
-    throughput: dict | None = None
-    telemetry: dict | None = None
-    provenance: dict
-    files: dict = {}
+# ------------------------------------------------------------------ the checkpoint meta the server reads
 
 
 class ModelConfig(BaseModel):
@@ -121,7 +58,7 @@ class CheckpointMeta(BaseModel):
 class StagedBundle:
     dir: Path
     files: dict[str, dict] = field(default_factory=dict)  # name -> {"size", "sha256"}
-    record: dict | None = None
+    record: RunRecord | None = None
     sha256: str = ""
 
     def discard(self) -> None:
@@ -169,8 +106,7 @@ def stage(
     except BaseException:
         staged.discard()
         raise
-    lines = sorted(f"{name} {info['sha256']}\n" for name, info in staged.files.items())
-    staged.sha256 = hashlib.sha256("".join(lines).encode()).hexdigest()
+    staged.sha256 = bundle_sha256({name: info["sha256"] for name, info in staged.files.items()})
     return staged
 
 
@@ -230,16 +166,18 @@ def _validate(staged: StagedBundle) -> None:
     missing = [n for n in REQUIRED if n not in staged.files]
     if missing:
         raise BundleError(422, f"the bundle lacks {', '.join(missing)}: `speedrun submit RUN_DIR` sends them all")
-    raw = _load_json(staged.dir / "record.json", "record.json")
-    if not isinstance(raw, dict):
-        raise BundleError(422, "record.json is not a JSON object")
     try:
-        RecordV1.model_validate(raw)
+        record = parse_record(_load_json(staged.dir / RECORD_FILE, RECORD_FILE), where=RECORD_FILE)
+    except ValueError as e:
+        raise BundleError(422, str(e)) from e
+    if record.status != "completed":
+        raise BundleError(422, f"{RECORD_FILE} has status {record.status}: only a completed run can be verified")
+    try:
         CheckpointMeta.model_validate(_load_json(staged.dir / "meta.json", "meta.json"))
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"]))
-        raise BundleError(422, f"record or meta does not fit the schema at {where}: {first['msg']}") from e
+        raise BundleError(422, f"meta.json does not fit the schema at {where}: {first['msg']}") from e
     try:
         events = _jsonl(staged.dir / "events.jsonl", "events.jsonl")
         _jsonl(staged.dir / "telemetry.jsonl", "telemetry.jsonl")
@@ -255,7 +193,7 @@ def _validate(staged: StagedBundle) -> None:
             or not math.isfinite(e["dt_s"])
         ):
             raise BundleError(422, f"a step event lacks an integer `step` or a finite `dt_s`: {json.dumps(e)[:200]}")
-    staged.record = raw
+    staged.record = record
 
 
 def store(staged: StagedBundle, *, storage_dir: Path) -> Path:
@@ -270,11 +208,6 @@ def store(staged: StagedBundle, *, storage_dir: Path) -> Path:
     except OSError:  # a concurrent upload of the same bundle won the rename
         staged.discard()
     return final
-
-
-def read_steps(events_path: Path) -> list[dict]:
-    """The step events of an events.jsonl (the format harness/runner.py and baseline/train.py write)."""
-    return [e for e in _jsonl(events_path, events_path.name) if e.get("event") == "step"]
 
 
 def read_jsonl(path: Path) -> list[dict]:

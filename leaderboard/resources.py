@@ -1,0 +1,68 @@
+"""The server's own copies of what a track's runs are checked against: data, tokenizer, eval bundle, code.
+
+    facts = server_facts(track_row, settings)     # checks.ServerFacts for the verifier; the chat uses its tokenizer
+
+Each comes from Settings.track_resources when the admin set it, else from where this machine keeps a
+track's files (protocol/paths.py: the track's default data dir, the tokenizer `speedrun run` trained
+and cached for that data). A resource the server does not have is None, and the checks that need it
+report "error" (retried later) rather than pass.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from baseline.dataset import list_shards
+from leaderboard.checks import ServerFacts
+from leaderboard.models import TrackRow
+from leaderboard.settings import Settings, TrackResources
+from protocol.hashing import ALL_FILES, NOT_CONTENT, HashCache, code_hashes, data_fingerprint, tree_hash
+from protocol.paths import hash_cache_file, track_data_dir, track_tokenizer_dir
+from protocol.tracks import track_from_dict
+
+
+@lru_cache(maxsize=64)
+def _tokenizer_hash(path: str) -> str:
+    return tree_hash(path, include=ALL_FILES, exclude=NOT_CONTENT)
+
+
+@lru_cache(maxsize=4)
+def _server_code_hashes(repo_root: str) -> dict:
+    return code_hashes(repo_root)
+
+
+def _existing(path: Path | None) -> Path | None:
+    return path if path is not None and Path(path).is_dir() else None
+
+
+def server_facts(row: TrackRow, settings: Settings) -> ServerFacts:
+    """The server's own copies of what a run of `row`'s track must match (see Settings.track_resources)."""
+    res = settings.track_resources.get(row.name) or TrackResources()
+    track = track_from_dict(row.spec)
+    data_dir = _existing(res.data_dir) or (_existing(track_data_dir(track)) if track.dataset.default_dir else None)
+    data_hash = row.data_hash or (_data_hash(data_dir, track.dataset.shards) if data_dir else None)
+    tokenizer_dir = _existing(res.tokenizer_dir) or (
+        _existing(track_tokenizer_dir(track, data_hash)) if data_hash else None
+    )
+    return ServerFacts(
+        code_hashes=_server_code_hashes(str(settings.repo_root)),
+        frozen_packages=tuple(settings.frozen_packages),
+        tokenizer_dir=tokenizer_dir,
+        tokenizer_hash=_tokenizer_hash(str(tokenizer_dir)) if tokenizer_dir else None,
+        data_dir=data_dir,
+        data_hash=data_hash,
+        eval_bundle=res.eval_bundle,
+        eval_tokens=track.target.eval_tokens,
+        core_max_per_task=track.target.core_max_per_task,
+        device=settings.verify_device,
+        bpb_abs_tolerance=settings.bpb_abs_tolerance,
+        core_abs_tolerance=settings.core_abs_tolerance,
+        time_rel_tolerance=settings.time_rel_tolerance,
+        time_abs_tolerance_s=settings.time_abs_tolerance_s,
+    )
+
+
+def _data_hash(data_dir: Path, shards: tuple[str, ...]) -> str | None:
+    files = list_shards(data_dir)
+    if shards:
+        files = [f for f in files if f.name in set(shards)]
+    return data_fingerprint(files, cache=HashCache(hash_cache_file())) if files else None
