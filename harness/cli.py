@@ -112,6 +112,9 @@ def _run(args):
     )
     if len(run_dirs) > 1:
         _print_stats(run_dirs, csv=None, json_out=args.runs_dir / f"stats-{run_dirs[0].name}.json")
+    bad = [r for r in map(read_record, run_dirs) if r.status not in ("completed", "stopped")]
+    if bad:  # scripts see it: a run that failed, diverged, broke a rule or never ran
+        sys.exit(f"speedrun: {len(bad)} of {len(run_dirs)} runs did not complete ({bad[0].run_id}: {bad[0].status})")
 
 
 def _resume(args):

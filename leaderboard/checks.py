@@ -27,7 +27,8 @@ from baseline.checkpoint import read_meta
 from leaderboard import recompute
 from protocol.hashing import file_sha256
 from protocol.record import RunRecord
-from protocol.timing import RULE, is_timed, last_per_step, timed_seconds
+from protocol.events import Event, StepEvent
+from protocol.timing import RULE, last_per_step, timed_seconds
 
 # Wall-clock slack between consecutive step events beyond dt_s: the trainer only logs between steps
 # (about a millisecond), so 1 s in total plus 10 ms + 5% of each step is generous, and halving
@@ -177,9 +178,8 @@ def check_hardware(record: RunRecord, telemetry: list[dict], track) -> CheckResu
 # ------------------------------------------------------------------ timing
 
 
-def check_train_time(record: RunRecord, events: list[dict], facts: ServerFacts) -> tuple[CheckResult, float | None]:
-    steps = [e for e in events if e.get("event") == "step"]
-    recomputed, ordered = timed_seconds(steps), last_per_step(steps)
+def check_train_time(record: RunRecord, events: list[Event], facts: ServerFacts) -> tuple[CheckResult, float | None]:
+    recomputed, ordered = timed_seconds(events), last_per_step(events)
     claimed = record.timing.train_time_s if record.timing else None
     n_steps = record.timing.steps if record.timing else None
     evidence = {
@@ -190,11 +190,9 @@ def check_train_time(record: RunRecord, events: list[dict], facts: ServerFacts) 
         "steps_logged": len(ordered),
     }
     problems = []
-    missing = sorted(set(range(n_steps or 0)) - {e["step"] for e in ordered})
+    missing = sorted(set(range(n_steps or 0)) - {e.step for e in ordered})
     if missing:
         problems.append(f"{len(missing)} of {n_steps} steps have no step event (first: {missing[0]})")
-    if any(e["dt_s"] < 0 for e in ordered):
-        problems.append("a step has a negative dt_s")
     tol = max(facts.time_abs_tolerance_s, facts.time_rel_tolerance * abs(claimed or 0.0))
     if claimed is None or abs(recomputed - claimed) > tol:
         problems.append(f"train_time_s claimed {claimed}, the step events sum to {recomputed:.6f}")
@@ -212,7 +210,7 @@ def check_train_time(record: RunRecord, events: list[dict], facts: ServerFacts) 
     return CheckResult("train_time", "pass", f"{recomputed:.3f}s timed, as claimed", evidence), recomputed
 
 
-def _wall_gaps(events: list[dict], record: RunRecord) -> tuple[float, float, list[int]]:
+def _wall_gaps(events: list[Event], record: RunRecord) -> tuple[float, float, list[int]]:
     """(unexplained wall seconds, the slack allowed, impossible steps) over the timed steps whose previous
     line is the previous step's event.
 
@@ -223,17 +221,15 @@ def _wall_gaps(events: list[dict], record: RunRecord) -> tuple[float, float, lis
     save_every = (record.config or {}).get("save_every") or 0
     excess, allowed, impossible = 0.0, GAP_SLACK_S, []
     for prev, cur in zip(events, events[1:], strict=False):
-        if not (prev.get("event") == cur.get("event") == "step") or cur["step"] != prev["step"] + 1:
+        if not (isinstance(prev, StepEvent) and isinstance(cur, StepEvent)) or cur.step != prev.step + 1:
             continue
-        if not is_timed(cur["step"]) or (save_every > 0 and cur["step"] % save_every == 0):
+        if save_every > 0 and cur.step % save_every == 0:
             continue
-        if not all(isinstance(e.get("wall"), int | float) for e in (prev, cur)):
-            continue
-        gap = cur["wall"] - prev["wall"]
-        if cur["dt_s"] > gap + 0.05:
-            impossible.append(cur["step"])
-        excess += max(0.0, gap - cur["dt_s"])
-        allowed += GAP_SLACK_PER_STEP_S + GAP_SLACK_FRACTION * cur["dt_s"]
+        gap = cur.wall - prev.wall
+        if cur.dt_s > gap + 0.05:
+            impossible.append(cur.step)
+        excess += max(0.0, gap - cur.dt_s)
+        allowed += GAP_SLACK_PER_STEP_S + GAP_SLACK_FRACTION * cur.dt_s
     return excess, allowed, impossible
 
 

@@ -29,6 +29,7 @@ from leaderboard.ranking import update_standing
 from leaderboard.resources import server_facts
 from leaderboard.settings import Settings, database_url, get_settings
 from leaderboard.uploads import read_jsonl
+from protocol.events import read_events
 from protocol.record import parse_record
 
 log = logging.getLogger("leaderboard.verifier")
@@ -74,7 +75,7 @@ def claim(session: Session, *, worker_id: str, lease_s: float) -> Verification |
 def run_checks(run: Run, track: TrackRow, bundle_dir: Path, facts: checks.ServerFacts) -> tuple[list, dict]:
     """Every check of one run, in order; (results, recomputed values)."""
     record = parse_record(run.record, where=f"run {run.run_id}'s record")
-    events, telemetry = read_jsonl(bundle_dir / "events.jsonl"), read_jsonl(bundle_dir / "telemetry.jsonl")
+    events, telemetry = read_events(bundle_dir / "events.jsonl"), read_jsonl(bundle_dir / "telemetry.jsonl")
     results = [
         checks.check_record(record, track),
         checks.check_code(record, facts),

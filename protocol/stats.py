@@ -10,10 +10,12 @@ seeds rejects "the mean metric does not beat the target" at p < RECORD_P_VALUE. 
 for a higher-is-better metric (CORE) and mean < target for a lower-is-better one (val bpb). CORE moves
 by ~0.016 across seeds of one command, so a single lucky seed is not a record.
 
-Which runs count: a run with a status other than COUNTED_STATUSES (failed, diverged, killed, stopped,
-still running), or whose metric is missing or not finite (a NaN loss, a run killed before its eval),
-is left out of every statistic and listed under `excluded` with its reason, so a summary always says
-how many runs it dropped.
+Which runs count: every registered run does. A run with a status other than COUNTED_STATUSES (failed,
+diverged, killed, invalid, stopped, never run), or whose metric is missing or not finite (a NaN loss, a
+run killed before its eval), is a miss: left out of the mean and the test, listed under `excluded`
+with its reason, counted in `n_missed`, and a set with a miss does not meet the record rule (no seed
+can be dropped to improve the set). A seed that appears twice counts once (two runs of one seed are
+one sample, not two: their zero variance would fake significance).
 
 Degenerate cases, decided here rather than left to scipy's NaNs and warnings:
   - no runs left: every statistic is None, p_value None;
@@ -103,14 +105,21 @@ def summarize(
     values = pd.to_numeric(df[metric], errors="coerce").astype(float)
     status = df["status"] if "status" in df else pd.Series([None] * len(df), index=df.index)
     run_ids = df["run_id"] if "run_id" in df else pd.Series(df.index, index=df.index)
-    keep, excluded = [], []
+    seeds = df["seed"] if "seed" in df else pd.Series([math.nan] * len(df), index=df.index)
+    keep, excluded, seen_seeds, missed = [], [], set(), 0
     for i in df.index:
-        if isinstance(status[i], str) and status[i] not in COUNTED_STATUSES:
-            reason = f"status {status[i]}"
+        seed = seeds[i]
+        if not pd.isna(seed) and seed in seen_seeds:
+            reason = f"seed {int(seed)} is already counted: each seed counts once"
+        elif isinstance(status[i], str) and status[i] not in COUNTED_STATUSES:
+            reason, missed = f"status {status[i]}: a miss", missed + 1
         elif not math.isfinite(values[i]):
-            reason = "metric missing" if math.isnan(values[i]) else f"metric {values[i]}"
+            why = "metric missing" if math.isnan(values[i]) else f"metric {values[i]}"
+            reason, missed = f"{why}: a miss", missed + 1
         else:
             keep.append(i)
+            if not pd.isna(seed):
+                seen_seeds.add(seed)
             continue
         excluded.append({"run_id": None if pd.isna(run_ids[i]) else str(run_ids[i]), "reason": reason})
 
@@ -125,6 +134,7 @@ def summarize(
         "n": n,
         "n_total": len(df),
         "n_excluded": len(excluded),
+        "n_missed": missed,
         "excluded": excluded,
         "metric_mean": _stat(x.mean()) if n else None,
         "metric_std": _stat(x.std(ddof=1)) if n >= 2 else None,
@@ -148,7 +158,8 @@ def summarize(
     else:
         test = sps.ttest_1samp(x, target, alternative=alternative)
         summary["t_statistic"], summary["p_value"] = float(test.statistic), float(test.pvalue)
-    summary["meets_record"] = summary["p_value"] is not None and summary["p_value"] < RECORD_P_VALUE
+    # Every registered seed counts: a set with a miss is not a record, however good the rest.
+    summary["meets_record"] = summary["p_value"] is not None and summary["p_value"] < RECORD_P_VALUE and not missed
     return summary
 
 
@@ -211,6 +222,9 @@ def format_summary(s: Mapping) -> str:
         t = f"t = {s['t_statistic']:.3f}, " if s["t_statistic"] is not None else ""
         why = f" ({s['p_value_reason']})" if s["p_value_reason"] else ""
         lines.append(f"  {t}p = {s['p_value']:.3g}{why}; {test}")
+    if s.get("n_missed"):
+        miss = "run is a miss" if s["n_missed"] == 1 else "runs are misses"
+        lines.append(f"  {s['n_missed']} registered {miss} (failed, killed, diverged or never ran): every seed counts")
     verdict = "meets" if s["meets_record"] else "does not meet"
-    lines.append(f"  {verdict} the record rule (p < {s['record_p_value']})")
+    lines.append(f"  {verdict} the record rule (p < {s['record_p_value']}, no misses)")
     return "\n".join(lines)

@@ -37,10 +37,23 @@ class Hardware:
 class Dataset:
     source: str  # "local" (a directory the user passes) or "climbmix" (downloadable)
     description: str = ""
-    shards: tuple[str, ...] = ()  # exact file names, when pinned
+    shards: tuple[str, ...] = ()  # the public shards (train and val), exact file names, when pinned
+    val_shards: tuple[str, ...] = ()  # which of them are the val split; () = the last one (nanochat's rule)
     num_train_shards: int | None = None  # ClimbMix shards 0..n-1 (+ the val shard), when not listed
-    content_hash: str = ""  # protocol.hashing.data_fingerprint of the shards; "" = not pinned yet
+    content_hash: str = ""  # protocol.hashing.data_fingerprint of the public shards; "" = not pinned yet
     default_dir: str | None = None  # relative to the repository
+    # The held-out split: shards of the same source that only the leaderboard holds (a submitter never
+    # has them), pinned by fingerprint; the server scores uploaded weights on them next to val bpb.
+    heldout_shards: tuple[str, ...] = ()
+    heldout_hash: str = ""
+
+    def splits(self, files: list[Path]) -> dict[str, list[Path]]:
+        """{"train": [...], "val": [...]} of the track's public files (in name order)."""
+        val_names = set(self.val_shards) or {files[-1].name}
+        return {
+            "train": [f for f in files if f.name not in val_names],
+            "val": [f for f in files if f.name in val_names],
+        }
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,9 @@ def track_from_dict(raw: dict, path: Path | None = None) -> Track:
         provisional=raw.get("provisional", True),
         price_per_hour=float(raw["price_per_hour"]),
         hardware=Hardware(**raw["hardware"]),
-        dataset=Dataset(**{**raw["dataset"], "shards": tuple(raw["dataset"].get("shards", ()))}),
+        dataset=Dataset(
+            **raw["dataset"] | {k: tuple(raw["dataset"].get(k, ())) for k in ("shards", "val_shards", "heldout_shards")}
+        ),
         tokenizer=TokenizerSpec(**raw["tokenizer"]),
         target=Target(**raw["target"]),
         recipe=dict(raw["recipe"]),

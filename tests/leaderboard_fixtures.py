@@ -105,7 +105,7 @@ def _events(n_steps: int, dt_s: float, t0: float, seed: int) -> list[dict]:
     for step in range(n_steps):
         dt = dt_s * (1 + 0.01 * ((step * 7 + seed) % 5))  # a little jitter, deterministic
         wall += dt + 0.002  # the trainer logs right after the step; the next one starts right after
-        total += dt if step > 10 else 0.0
+        total += dt  # every step is timed (protocol/timing.py)
         loss = 8.3 - 1.5 * step / n_steps
         events.append(
             {
@@ -188,10 +188,10 @@ def make_bundle(
         code["baseline"] = "0" * 64
     elif tamper in ("step_times", "step_times_consistent"):
         for e in events:
-            if e["event"] == "step" and e["step"] > 10:
+            if e["event"] == "step":
                 e["dt_s"] *= 0.5  # wall stamps untouched: the gaps now show the missing time
         if tamper == "step_times_consistent":
-            train_time_s = sum(e["dt_s"] for e in events if e["event"] == "step" and e["step"] > 10)
+            train_time_s = sum(e["dt_s"] for e in events if e["event"] == "step")
     elif tamper is not None and tamper != "pickle":
         raise ValueError(f"unknown tamper {tamper!r}")
     record = {
@@ -219,6 +219,7 @@ def make_bundle(
         "plan": {"num_iterations": n_steps},
         "timing": {
             "train_time_s": train_time_s,
+            "nanochat_time_s": train_time_s / 2,
             "warmup_time_s": 5.0,
             "setup_time_s": 1.0,
             "eval_time_s": 1.0,

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from harness import runner
+from protocol.events import read_events
 from protocol.record import read_record
 from protocol.tracks import load_track
 from tests.conftest import PRETRAIN, REPO
@@ -95,10 +96,14 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
     assert record.status == "completed" and record.official, record.unofficial_reasons
     assert record.seed == 7 and record.config["seed"] == 7
     timing = record.timing
-    steps = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    timed = sum(e["dt_s"] for e in steps if e["event"] == "step" and e["step"] > 10)
-    assert timing.train_time_s == pytest.approx(timed, rel=1e-9) and timing.steps == 14
-    assert timing.eval_time_s > 0 and timing.wall_time_s > timing.train_time_s + timing.eval_time_s
+    events = read_events(run_dir / "events.jsonl")
+    steps = [e for e in events if e.event == "step"]
+    assert [e.step for e in steps] == list(range(14)) and all(e.runner_t is not None for e in events)
+    assert timing.train_time_s == pytest.approx(sum(e.dt_s for e in steps), rel=1e-9) and timing.steps == 14
+    assert timing.nanochat_time_s == pytest.approx(sum(e.dt_s for e in steps if e.step > 10), rel=1e-9)
+    assert timing.clock.ok and timing.clock.runner_span_s >= timing.train_time_s - 0.1, timing.clock
+    assert timing.warmup_time_s > 0 and timing.eval_time_s > 0  # the warm-up and eval processes, untimed
+    assert timing.wall_time_s > timing.train_time_s + timing.eval_time_s + timing.warmup_time_s
     result = record.result
     assert result.metric == "val_bpb" and 0 < result.value < 10 and result.target_met is True
     # Samples cover the whole run; the summary covers the timed steps (too short here for a 1 Hz sample).
@@ -109,6 +114,8 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
     assert len(prov.code["baseline"]) == 64
     for name in ("events.jsonl", "telemetry.jsonl", "train.log", "run.json"):
         assert (run_dir / name).is_file(), name
+    assert not (run_dir / "warmup").exists() and not (run_dir / "events.fifo").exists()  # thrown away
+    assert not (run_dir / "data" / "train" / "shard_00004.parquet").exists()  # the training view lacks val
     assert (run_dir / record.files.checkpoint / "model.safetensors").is_file()
     # No path of this machine in what a run leaves behind (run.json, the record, the checkpoint's meta).
     for name in ("run.json", "record.json", f"{record.files.checkpoint}/meta.json"):
