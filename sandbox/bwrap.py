@@ -186,7 +186,9 @@ class Limits:
 
     wall_s: float = 3600.0
     memory_bytes: int = 16 * 2**30
-    max_processes: int = 1024  # processes and threads: torch starts one thread per core
+    # processes and threads, the sandbox's own 3 included (supervisor, bwrap, bwrap's pid 1);
+    # torch starts a thread per core
+    max_processes: int = 1024
     disk_bytes: int = 10 * 2**30  # under work_dir
 
 
