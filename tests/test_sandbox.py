@@ -223,9 +223,12 @@ def test_runs_as_nobody(work_dir):
 
 def test_fork_bomb_is_stopped(work_dir):
     marker = f"forkbomb-{uuid.uuid4().hex[:8]}"
+    # doubles at each level, every process staying alive; 7 levels (~380 processes: 254 subshells and
+    # 128 sleeps) bound it even if the limit of 32 failed
+    bomb = "bomb() { if [ $1 -lt 7 ]; then bomb $(($1 + 1)) | bomb $(($1 + 1)); else sleep 20; fi; }; bomb 0"
     start = time.monotonic()
     result = run(
-        ["/bin/bash", "-c", f"bomb() {{ bomb | bomb; }}; bomb # {marker}"],
+        ["/bin/bash", "-c", f"{bomb} # {marker}"],
         work_dir=work_dir,
         limits=Limits(max_processes=32, wall_s=20),
         stdout=subprocess.DEVNULL,
