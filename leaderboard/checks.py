@@ -25,9 +25,9 @@ from pathlib import Path
 
 from baseline.checkpoint import read_meta
 from leaderboard import recompute
+from protocol.events import Event, StepEvent
 from protocol.hashing import file_sha256
 from protocol.record import RunRecord
-from protocol.events import Event, StepEvent
 from protocol.timing import RULE, last_per_step, timed_seconds
 
 # Wall-clock slack between consecutive step events beyond dt_s: the trainer only logs between steps
