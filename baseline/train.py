@@ -56,7 +56,7 @@ EMA_BETA = 0.9  # smoothing of the logged train loss (debiased), as nanochat log
 class TrainResult:
     status: str  # "completed" | "stopped" (stop_after_step reached) | "diverged"
     step: int  # optimizer steps taken
-    num_iterations: int
+    num_iterations: int  # the planned horizon (on a fixed-budget track: the cap)
     train_time_s: float  # the timed seconds: Σ dt over every step (protocol/timing.py)
     nanochat_time_s: float = 0.0  # Σ dt over steps > 10, nanochat's figure
     setup_time_s: float = 0.0
@@ -225,7 +225,8 @@ def train(
 
     step = start_step
     while True:
-        last = step == num_iterations
+        # A fixed-budget track ends at the first step boundary past its budget (num_iterations is then a cap).
+        last = step == num_iterations or 0 < config.time_budget_s <= result.train_time_s
         if val_bpb_fn is not None and (last or (config.eval_every > 0 and step % config.eval_every == 0)):
             t0 = time.perf_counter()
             model.eval()
@@ -259,7 +260,8 @@ def train(
             loss_sum += loss.detach()
             (loss / grad_accum).backward()
             x, y, loader_state = next(loader)
-        lrm = apply_schedule(optimizer, schedule, step)
+        progress = result.train_time_s / config.time_budget_s if config.time_budget_s > 0 else step / num_iterations
+        lrm = apply_schedule(optimizer, schedule, step, progress)
         optimizer.step()
         model.zero_grad(set_to_none=True)
         loss_value = loss_sum.item() / grad_accum

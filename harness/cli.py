@@ -18,6 +18,7 @@
 `train` runs the same under `torchrun --nproc_per_node=N -m speedrun train ...`.
 """
 
+import contextlib
 import json
 import sys
 from dataclasses import fields
@@ -31,12 +32,13 @@ from baseline.train import train
 from eval.bpb import val_bpb_evaluator
 from eval.run import add_arguments as add_eval_arguments
 from eval.run import main as eval_main
+from harness import verdicts
 from harness.calibrate import calibrate
 from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, fetch_chat_data
 from harness.runner import resume, run
 from harness.submit import submit
 from protocol import stats
-from protocol.record import EXIT_DIVERGED, find_run, read_record
+from protocol.record import EXIT_DIVERGED, find_campaign, find_campaigns_of, find_run, read_campaign, read_record
 from protocol.tracks import format_tracks, list_tracks, load_track
 from submissions.scaffold import scaffold
 
@@ -97,7 +99,24 @@ def _seeds(args) -> list[int]:
 
 def _run(args):
     track = load_track(args.track)
-    run_dirs = run(
+    # With --json, stdout carries the one JSON object only; what people read goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        run_dirs = _run_seeds(args, track)
+    records = [read_record(d) for d in run_dirs]
+    [campaign_file] = find_campaigns_of([run_dirs[0].name], args.runs_dir)
+    campaign = verdicts.run_set(str(campaign_file), args.runs_dir)
+    if args.json:
+        against = verdicts.run_set(args.against, args.runs_dir, track.name) if args.against else None
+        print(json.dumps(_verdict_json(track, campaign, against), default=str))
+    elif len(run_dirs) > 1:
+        print(stats.format_summary(campaign.summary))
+    bad = [r for r in records if r.status not in ("completed", "stopped")]
+    if bad:  # scripts see it: a run that failed, diverged, broke a rule or never ran
+        sys.exit(f"speedrun: {len(bad)} of {len(run_dirs)} runs did not complete ({bad[0].run_id}: {bad[0].status})")
+
+
+def _run_seeds(args, track):
+    return run(
         track,
         args.submission,
         seeds=_seeds(args),
@@ -110,11 +129,35 @@ def _run(args):
         max_steps=args.max_steps,
         unofficial=args.unofficial,
     )
-    if len(run_dirs) > 1:
-        _print_stats(run_dirs, csv=None, json_out=args.runs_dir / f"stats-{run_dirs[0].name}.json")
-    bad = [r for r in map(read_record, run_dirs) if r.status not in ("completed", "stopped")]
-    if bad:  # scripts see it: a run that failed, diverged, broke a rule or never ran
-        sys.exit(f"speedrun: {len(bad)} of {len(run_dirs)} runs did not complete ({bad[0].run_id}: {bad[0].status})")
+
+
+def _verdict_json(track, campaign, against) -> dict:
+    """What `speedrun run --json` prints: the runs, their statistics, the verdict against the baseline or --against."""
+    base = against or (verdicts.baseline_set(track) if track.calibration.get("values") else None)
+    out = {
+        "campaign": campaign.label,
+        "track": track.name,
+        "kind": track.kind,
+        "metric": track.target.metric,
+        "runs": [
+            {
+                "run_id": r.run_id,
+                "seed": r.seed,
+                "status": r.status,
+                "value": r.result.value if r.result else None,
+                "train_time_s": r.timing.train_time_s if r.timing else None,
+            }
+            for r in campaign.records
+        ],  # fmt: skip
+        "summary": campaign.summary,
+        "against": None,
+        "comparison": None,
+        "verdict": "inconclusive",
+    }
+    if base is not None:
+        v = verdicts.verdict(base, campaign, kind=track.kind, higher_is_better=track.target.higher_is_better)
+        out |= {"against": base.label, "comparison": v, "verdict": v["verdict"]}
+    return out
 
 
 def _resume(args):
@@ -139,7 +182,27 @@ def _print_stats(run_dirs, csv=None, json_out=None):
 
 
 def _stats(args):
-    _print_stats([find_run(r, args.runs_dir) for r in args.runs], csv=args.csv, json_out=args.json)
+    dirs = []
+    for name in args.runs:
+        campaign = find_campaign(name, args.runs_dir)
+        ids = read_campaign(campaign).run_ids if campaign else [name]
+        dirs += [find_run(i, args.runs_dir) for i in ids]
+    for campaign_path in find_campaigns_of([d.name for d in dirs], args.runs_dir):
+        left_out = [i for i in read_campaign(campaign_path).run_ids if i not in {d.name for d in dirs}]
+        if left_out:  # every seed counts: say so when some of a campaign's runs are not among these
+            print(f"note: {len(left_out)} run(s) of campaign {campaign_path.stem} are left out ({left_out[0]}, ...): "
+                  f"pass the campaign id to count every seed", file=sys.stderr)  # fmt: skip
+    _print_stats(dirs, csv=args.csv, json_out=args.json)
+
+
+def _compare(args):
+    a, b = verdicts.run_set(args.a, args.runs_dir), verdicts.run_set(args.b, args.runs_dir)
+    track = b.records[0].track
+    v = verdicts.verdict(a, b, kind=track.kind, higher_is_better=track.higher_is_better)
+    if args.json:
+        print(json.dumps(v, default=str))
+    else:
+        print(verdicts.format_verdict(v, track.metric))
 
 
 def _calibrate(args):
@@ -234,6 +297,9 @@ def add_commands(sub) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--max-steps", type=int, default=None, help="quick smoke run (the record is unofficial)")
     p.add_argument("--unofficial", action="store_true", help="run on hardware/data that do not match the track")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end (runs, stats, verdict)")
+    p.add_argument("--against", default=None, help="campaign, run or submission to compare with (default: the "
+                   "track's calibrated baseline)")  # fmt: skip
     p.set_defaults(func=_run)
 
     p = sub.add_parser("resume", help="continue a run from its last checkpoint, timer continuing")
@@ -242,11 +308,18 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_resume)
 
     p = sub.add_parser("stats", help="mean ± std over runs and the one-sided t-test against the target")
-    p.add_argument("runs", nargs="+", help="run ids or run directories (one track)")
+    p.add_argument("runs", nargs="+", help="campaign ids, run ids or run directories (one track)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--csv", type=Path, default=None, help="write the per-run table here")
     p.add_argument("--json", type=Path, default=None, help="write the summary here")
     p.set_defaults(func=_stats)
+
+    p = sub.add_parser("compare", help="is B better than A? Welch t-test, effect size with a CI, a verdict")
+    p.add_argument("a", help="campaign, run or submission name (the reference)")
+    p.add_argument("b", help="campaign, run or submission name (the candidate)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    p.set_defaults(func=_compare)
 
     track = sub.add_parser("track", help="track tools").add_subparsers(dest="track_command", required=True)
     p = track.add_parser("calibrate", help="run the baseline over seeds and set the track's target")

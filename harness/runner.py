@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -171,9 +171,9 @@ def _launch(module: str, args: list[str], run_dir: Path, env: dict, nproc: int, 
 class _Progress:
     """One line: step/total, loss, tok/s, MFU, timed seconds and ETA, from the step events as they arrive."""
 
-    def __init__(self, total_steps: int, stream=sys.stdout):
-        self.stream, self.total = stream, total_steps
-        self.tty = stream.isatty()
+    def __init__(self, total_steps: int, stream=None):
+        self.stream, self.total = stream or sys.stdout, total_steps  # looked up now: a caller may redirect it
+        self.tty = self.stream.isatty()
         self.last_print = 0.0
         self.last: StepEvent | None = None
 
@@ -464,13 +464,12 @@ def register(
     denied = [*splits["val"], *(data_dir / n for n in track.dataset.heldout_shards), eval_bundle_dir()]
     submission_ref = SubmissionRef(**provenance.submission_ref(plugin.path))
     track_ref = TrackRef(name=track.name, version=track.version, metric=track.target.metric,
-                         threshold=track.target.threshold, higher_is_better=track.target.higher_is_better)  # fmt: skip
+                         threshold=track.target.threshold, higher_is_better=track.target.higher_is_better,
+                         kind=track.kind, budget_s=track.target.budget_s)  # fmt: skip
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dirs = []
     for seed in seeds:
-        config = TrainConfig(**{**track.recipe, **plugin.config, "vocab_size": vocab, "seed": seed})
-        if track.target.metric == "val_bpb":
-            config = replace(config, eval_tokens=track.target.eval_tokens)
+        config = TrainConfig(**track.training_config(plugin.config), vocab_size=vocab, seed=seed)
         plan = plan_training(config, nproc)  # fails here, before launching, on a bad shape
         check_eval_budget(config, nproc)
         run_dir = runs_dir / f"{stamp}-{track.name}-{submission_ref.name}-s{seed}"

@@ -106,6 +106,8 @@ class TrackRef(_Strict):
     metric: Literal["val_bpb", "core"]
     threshold: float
     higher_is_better: bool
+    kind: Literal["time_to_target", "budget"] = "time_to_target"
+    budget_s: Annotated[float, Field(gt=0, le=1e7)] | None = None
 
 
 class Clock(_Strict):
@@ -318,6 +320,15 @@ def find_campaign(name: str | Path, runs_dir: str | Path = "runs") -> Path | Non
         if candidate.is_file() and candidate.suffix == ".json":
             return candidate
     return None
+
+
+def find_campaigns_of(run_ids: list[str], runs_dir: str | Path = "runs") -> list[Path]:
+    """The campaign files under runs_dir that registered any of `run_ids`."""
+    wanted, found = set(run_ids), []
+    for path in sorted((Path(runs_dir) / CAMPAIGNS_DIR).glob("*.json")):
+        if wanted & set(read_campaign(path).run_ids):
+            found.append(path)
+    return found
 
 
 def now_iso() -> str:

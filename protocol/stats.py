@@ -180,6 +180,68 @@ def _time_stats(df: pd.DataFrame, keep: list, time_key: str) -> dict:
     }
 
 
+# ------------------------------------------------------------------ two sets of runs
+
+
+def compare(a: list[float], b: list[float], *, lower_is_better: bool, alpha: float = RECORD_P_VALUE) -> dict:
+    """Is B better than A? Welch's t-test, the mean difference B − A with its 95% CI, and Hedges' g.
+
+    `verdict` is "better" when the one-sided test in B's favour gives p < alpha, "worse" when the one
+    against it does, else "inconclusive" (also with fewer than 2 values on a side). The CI of the
+    difference uses the Welch–Satterthwaite degrees of freedom; g is Cohen's d on the pooled standard
+    deviation with Hedges' small-sample correction, signed so that positive means B is better.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out = {"n_a": len(x), "n_b": len(y), "mean_a": _stat(x.mean()) if len(x) else None,
+           "mean_b": _stat(y.mean()) if len(y) else None, "std_a": _stat(x.std(ddof=1)) if len(x) > 1 else None,
+           "std_b": _stat(y.std(ddof=1)) if len(y) > 1 else None, "diff": None, "ci95": None, "t": None,
+           "p_two_sided": None, "p_better": None, "p_worse": None, "hedges_g": None, "verdict": "inconclusive",
+           "lower_is_better": lower_is_better, "alpha": alpha}  # fmt: skip
+    if len(x) < 2 or len(y) < 2:
+        out["reason"] = "a comparison needs at least 2 runs on each side"
+        return out
+    diff = float(y.mean() - x.mean())
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(va + vb)
+    out["diff"] = diff
+    if se == 0:  # both sides constant: the sign of the difference decides, with certainty
+        better = diff < 0 if lower_is_better else diff > 0
+        out.update(
+            p_two_sided=0.0 if diff else 1.0,
+            p_better=0.0 if better else 1.0,
+            p_worse=1.0 if better or not diff else 0.0,
+        )
+    else:
+        df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+        t = diff / se
+        half = float(sps.t.ppf(0.975, df)) * se
+        out.update(t=float(t), ci95=[diff - half, diff + half], p_two_sided=float(2 * sps.t.sf(abs(t), df)))
+        p_lower, p_higher = float(sps.t.cdf(t, df)), float(sps.t.sf(t, df))  # H1: B's mean is lower / higher
+        out["p_better"], out["p_worse"] = (p_lower, p_higher) if lower_is_better else (p_higher, p_lower)
+    pooled = math.sqrt(((len(x) - 1) * x.var(ddof=1) + (len(y) - 1) * y.var(ddof=1)) / (len(x) + len(y) - 2))
+    if pooled > 0:
+        correction = 1 - 3 / (4 * (len(x) + len(y)) - 9)
+        out["hedges_g"] = (-diff if lower_is_better else diff) / pooled * correction
+    if out["p_better"] < alpha:
+        out["verdict"] = "better"
+    elif out["p_worse"] < alpha:
+        out["verdict"] = "worse"
+    return out
+
+
+def format_comparison(c: Mapping, what: str, unit: str = "") -> str:
+    """One line: B vs A on `what`, the difference with its CI, the effect size, p and the verdict."""
+    if c["diff"] is None:
+        return f"  {what}: {c['verdict']} ({c.get('reason', 'no data')})"
+    ci = f" [{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]" if c["ci95"] else ""
+    g = f", g = {c['hedges_g']:+.2f}" if c["hedges_g"] is not None else ""
+    direction = "lower" if c["lower_is_better"] else "higher"
+    return (
+        f"  {what}: {c['mean_a']:.4g} -> {c['mean_b']:.4g}{unit} (diff {c['diff']:+.4g}{ci}{g}); "
+        f"p(better) = {c['p_better']:.3g}, p(worse) = {c['p_worse']:.3g} ({direction} is better): {c['verdict']}"
+    )
+
+
 # ------------------------------------------------------------------ export and display
 
 

@@ -12,7 +12,7 @@ baseline's:
     METADATA = {"authors": ["Ada"], "description": "one line: what changes and why it should be faster"}
     CONFIG = {"matrix_lr": 0.03}                   # TrainConfig overrides, fields of ALLOWED_OVERRIDES only
     def build_optimizer(model, plan, compute_dtype) -> torch.optim.Optimizer: ...   # BuildOptimizer
-    def build_schedule(plan) -> Schedule: ...      # BuildSchedule: lr / Muon momentum / Muon wd per step
+    def build_schedule(plan) -> Schedule: ...      # BuildSchedule: lr / Muon momentum / Muon wd per (step, progress)
     KERNELS = {"rms_norm": my_rms_norm}            # equivalent replacements, names from KERNEL_SPECS
 
 The frozen trainer (`baseline/train.py`) owns the loop, the data stream, the clock and the eval; a
@@ -115,6 +115,7 @@ FORBIDDEN_OVERRIDES = {
     "vocab_size": "the tokenizer is the track's; the trainer takes the vocabulary from it",
     "eval_every": "evaluation is the harness's: when it runs is not the submission's choice",
     "eval_tokens": "the eval budget is the track's target definition",
+    "time_budget_s": "a fixed-budget track's budget is what every submission is measured in",
     "save_every": "checkpoint cadence belongs to whoever runs the job (spot instances), not to the recipe",
     "seed": "the harness assigns seeds; choosing them would pick the lucky ones",
 }
@@ -124,11 +125,15 @@ FORBIDDEN_OVERRIDES = {
 
 
 class Schedule(Protocol):
-    """What `build_schedule` returns (`baseline.schedule.Schedule` is the baseline's): finite floats."""
+    """What `build_schedule` returns (`baseline.schedule.Schedule` is the baseline's): finite floats.
 
-    def lr_multiplier(self, step: int) -> float: ...  # every group's lr = initial_lr × this
-    def muon_momentum(self, step: int) -> float: ...  # set on groups with kind 'muon'
-    def muon_weight_decay(self, step: int) -> float: ...  # set on groups with kind 'muon'
+    `progress` in [0, 1] is the fraction of the run done: step / num_iterations on a track with a step
+    horizon, timed seconds / budget on a fixed-budget track (where the step count is not known ahead).
+    """
+
+    def lr_multiplier(self, step: int, progress: float) -> float: ...  # every group's lr = initial_lr × this
+    def muon_momentum(self, step: int, progress: float) -> float: ...  # set on groups with kind 'muon'
+    def muon_weight_decay(self, step: int, progress: float) -> float: ...  # set on groups with kind 'muon'
 
 
 # build_optimizer(model, plan, compute_dtype): every trainable parameter of `model` in exactly one

@@ -259,15 +259,21 @@ def test_refuses_an_optimizer_that_does_not_cover_the_model(tmp_path, body, matc
 NAN_SCHEDULE = """
 def build_schedule(plan):
     class Broken:
-        def lr_multiplier(self, step): return float('nan') if step == 7 else 1.0
-        def muon_momentum(self, step): return 0.95
-        def muon_weight_decay(self, step): return 0.0
+        def lr_multiplier(self, step, progress): return float('nan') if step == 7 else 1.0
+        def muon_momentum(self, step, progress): return 0.95
+        def muon_weight_decay(self, step, progress): return 0.0
     return Broken()
 """
 
 
 def test_refuses_a_schedule_that_is_not_finite(tmp_path):
-    refused(tmp_path, NAN_SCHEDULE, "schedule.lr_multiplier(7) = nan", check=True)
+    refused(tmp_path, NAN_SCHEDULE, "schedule.lr_multiplier(7, ", check=True)
+
+
+def test_refuses_a_schedule_that_ignores_progress(tmp_path):
+    """Schedules take (step, progress): a step-only one would not know where a fixed-budget run ends."""
+    body = NAN_SCHEDULE.replace("(self, step, progress)", "(self, step)")
+    refused(tmp_path, body, "TypeError", check=True)
 
 
 @pytest.mark.parametrize(

@@ -136,14 +136,14 @@ def test_nan_loss_stops_the_run_as_diverged(tmp_path):
         def __init__(self, plan):
             self.inner = plan.schedule()
 
-        def lr_multiplier(self, step):
-            return math.inf if step == 2 else self.inner.lr_multiplier(step)
+        def lr_multiplier(self, step, progress):
+            return math.inf if step == 2 else self.inner.lr_multiplier(step, progress)
 
-        def muon_momentum(self, step):
-            return self.inner.muon_momentum(step)
+        def muon_momentum(self, step, progress):
+            return self.inner.muon_momentum(step, progress)
 
-        def muon_weight_decay(self, step):
-            return self.inner.muon_weight_decay(step)
+        def muon_weight_decay(self, step, progress):
+            return self.inner.muon_weight_decay(step, progress)
 
     result = run(TINY, tmp_path, hooks=Hooks(build_schedule=ExplodingSchedule))
     assert result.status == "diverged"
@@ -202,3 +202,22 @@ def test_missing_empty_and_corrupt_data_fail_with_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert message in lines[0] and str(data_dir.name) in lines[0], lines[0]
+
+
+def test_a_budget_run_stops_at_the_first_step_past_its_budget(tmp_path, monkeypatch):
+    """A fixed-budget track: the step count follows the speed; the lr warmdown ends at the budget.
+
+    The clock is a fake that moves 0.25 s per reading, so each step "takes" 0.25 s whatever the load.
+    """
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(time, "perf_counter", lambda: 0.25 * next(ticks))
+    config = replace(TINY, num_iterations=10_000, time_budget_s=2.0, warmup_steps=1, warmdown_ratio=0.5)
+    result = run(config, tmp_path, val_bpb_fn=lambda model, step: 1.0)
+    step_events = events(tmp_path)
+    dts = [e["dt_s"] for e in step_events]
+    assert result.status == "completed" and result.step == len(step_events) == 8  # 8 × 0.25 s reach 2 s
+    assert sum(dts) >= 2.0 > sum(dts[:-1])  # past the budget at the last boundary, not before
+    assert result.train_time_s == pytest.approx(sum(dts), rel=1e-9)
+    assert step_events[0]["lr_multiplier"] == 1.0 and step_events[-1]["lr_multiplier"] < 0.5  # decayed by time
+    assert events(tmp_path, "val")[-1]["step"] == result.step  # the metric after the stop, untimed
+    assert (tmp_path / "checkpoints" / f"step_{result.step:06d}" / "model.safetensors").is_file()
