@@ -1,9 +1,10 @@
-"""Launchers: local, and SLURM through submitit on a real single-node cluster.
+"""Launchers: local, SLURM through submitit on a real single-node cluster, SkyPilot tasks checked offline.
 
     eval "$(bash scripts/slurm_service.sh)"      # a local SLURM (root); without it the SLURM tests skip
     python -m pytest tests/test_launchers.py
 
-The SLURM tests need `submitit` (pip install -e '.[slurm]') and skip with the reason without it.
+The SLURM tests need `submitit` (pip install -e '.[slurm]'), the SkyPilot ones `skypilot`
+(pip install -e '.[sky]'); each skips with the reason when its part is missing.
 """
 
 import json
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness.launchers import local, slurm
+from harness.launchers import sky as sky_launcher
 from harness.launchers.track import REPO, JobResources, track_needs
 
 # A loop that saves its counter and exits 99 on SIGUSR1 (twice is the same as once), and resumes from the save.
@@ -100,8 +102,11 @@ def test_slurm_config_reads_toml_and_flags_override_it(tmp_path):
 
 def test_missing_extras_fail_with_the_install_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)
+    monkeypatch.setitem(sys.modules, "sky", None)
     with pytest.raises(SystemExit, match=r"pip install -e '\.\[slurm\]'"):
         slurm.submit([["true"]], resources=JobResources(), config=slurm.SlurmConfig())
+    with pytest.raises(SystemExit, match=r"pip install -e '\.\[sky\]'"):
+        sky_launcher.build_tasks([["true"]], needs=track_needs("cpu-books"), config=sky_launcher.SkyConfig())
 
 
 def test_checkpoint_stops_the_command_and_requeues_the_resume_command(tmp_path):
@@ -189,3 +194,84 @@ def test_status_reports_running_cancelled_failed_and_unknown_jobs(cluster, tmp_p
     subprocess.run(["scancel", sleeping], check=True)
     states = wait_for(lambda: finished([sleeping, failing, "999999"]), 60, "cancelled and failed")
     assert states == {sleeping: "CANCELLED", failing: "FAILED", "999999": "UNKNOWN"}
+
+
+# ------------------------------------------------------------------------------------------ SkyPilot, offline
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    # SkyPilot keeps its state and catalogs under ~/.sky from import on: a throwaway home for the tests.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("sky_home")))
+        yield pytest.importorskip("sky", reason="skypilot not installed: pip install -e '.[sky]'")
+
+
+RUN = ["speedrun", "run", "baseline", "--track", "gpt2", "--nproc", "8", "--data-dir", sky_launcher.DATA_DIR]
+
+
+def test_sky_gpt2_tasks_ask_for_8_h100_on_spot_and_download_the_shards(sky):
+    commands = [RUN + ["--seed-list", str(s)] for s in (42, 43)]
+    resumes = [["speedrun", "resume", f"RUN_{s}", "--runs-dir", sky_launcher.RUNS_DIR] for s in (42, 43)]
+    config = sky_launcher.SkyConfig(use_spot=True, runs_bucket="s3://speedrun-test-runs")
+    tasks = sky_launcher.build_tasks(
+        commands, needs=track_needs("gpt2"), config=config, resume_commands=resumes, name="gpt2-baseline"
+    )
+    assert [t.name for t in tasks] == ["gpt2-baseline-0", "gpt2-baseline-1"]
+    for task, command, resume in zip(tasks, commands, resumes, strict=True):
+        back = sky_launcher.check_task(task)
+        [resources] = back.resources
+        assert resources.accelerators == {"H100": 8} and resources.use_spot
+        assert resources.job_recovery["strategy"] == "FAILOVER"
+        assert back.num_nodes == 1 and back.workdir == str(REPO)
+        assert "speedrun data download --num-shards 170 --data-dir /speedrun/data" in back.setup
+        assert "uv pip install -q -e ." in back.setup
+        assert f"exec {' '.join(command)}" in back.run and f"exec {' '.join(resume)}" in back.run
+        assert "export SPEEDRUN_NODE_RANK=$SKYPILOT_NODE_RANK" in back.run
+        assert back.storage_mounts[sky_launcher.RUNS_DIR].mode == sky.StorageMode.MOUNT_CACHED
+        assert not back.file_mounts
+
+
+def test_sky_cpu_books_task_is_cpu_only_on_demand_and_uploads_its_corpus(sky):
+    needs = track_needs("cpu-books")
+    if not needs.data.local_dir.is_dir():
+        pytest.skip(f"cpu-books corpus not found at {needs.data.local_dir} (set up ../shared)")
+    command = ["speedrun", "run", "baseline", "--track", "cpu-books", "--data-dir", sky_launcher.DATA_DIR]
+    [task] = sky_launcher.build_tasks([command], needs=needs, config=sky_launcher.SkyConfig())
+    back = sky_launcher.check_task(task)
+    [resources] = back.resources
+    assert resources.accelerators is None and not resources.use_spot and resources.cpus == "2+"
+    assert back.file_mounts == {sky_launcher.DATA_DIR: str(needs.data.local_dir)}
+    assert "data download" not in back.setup and back.run.endswith(f"exec {' '.join(command)}")
+    assert "speedrun resume" not in back.run
+
+
+def test_sky_git_checkout_cloud_region_and_data_bucket_replace_the_workdir_and_the_download(sky):
+    config = sky_launcher.SkyConfig(
+        workdir=None,
+        git_url="https://example.org/speedrun.git",
+        git_ref="v1",
+        data_bucket="gs://speedrun-test-shards",
+        cloud="gcp",
+        region="us-central1",
+    )
+    [task] = sky_launcher.build_tasks([RUN], needs=track_needs("gpt2"), config=config)
+    back = sky_launcher.check_task(task)
+    [resources] = back.resources
+    assert (str(resources.cloud), resources.region) == ("GCP", "us-central1")
+    assert back.workdir is None and "git checkout -q v1" in back.setup and "data download" not in back.setup
+    assert back.run.startswith("set -eo pipefail\ncd speedrun\n")
+    assert back.storage_mounts[sky_launcher.DATA_DIR].source == "gs://speedrun-test-shards"
+
+
+def test_sky_check_task_refuses_what_skypilot_refuses(sky, tmp_path):
+    [task] = sky_launcher.build_tasks(
+        [RUN], needs=track_needs("gpt2"), config=sky_launcher.SkyConfig(), name="Bad name"
+    )
+    with pytest.raises(ValueError, match="Invalid task name"):
+        sky_launcher.check_task(task)
+    [task] = sky_launcher.build_tasks(
+        [RUN], needs=track_needs("gpt2"), config=sky_launcher.SkyConfig(workdir=tmp_path / "gone")
+    )
+    with pytest.raises(ValueError, match="gone"):
+        sky_launcher.check_task(task)
