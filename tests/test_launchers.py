@@ -20,7 +20,8 @@ import pytest
 
 from harness.launchers import local, slurm
 from harness.launchers import sky as sky_launcher
-from harness.launchers.track import REPO, JobResources, track_needs
+from harness.launchers.track import JobResources, track_needs
+from protocol.paths import REPO
 
 # A loop that saves its counter and exits 99 on SIGUSR1 (twice is the same as once), and resumes from the save.
 COUNTER = textwrap.dedent("""

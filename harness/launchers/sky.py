@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from harness.launchers.track import REPO, TrackNeeds
+from harness.launchers.track import TrackNeeds
+from protocol.paths import REPO
 
 INSTALL_HINT = "skypilot is not installed: pip install -e '.[sky]'"
 ROOT = "/speedrun"  # on the cloud machine

@@ -1,7 +1,7 @@
 """What a launcher needs to know about a track: the machine one seed needs and where its data comes from.
 
-This is the one file of `harness.launchers` that reads tracks (`harness.tracks`, which is moving to
-another package): the launchers only see the small plain records below.
+This is the one file of `harness.launchers` that reads tracks (protocol/tracks.py): the launchers
+only see the small plain records below.
 
     needs = track_needs("gpt2")                 # JobResources(nodes=1, gpus_per_node=8, gpu_model="H100", ...)
 """
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baseline.dataset import VAL_SHARD
-from harness.tracks import Track, load_track
+from protocol.paths import track_data_dir
+from protocol.tracks import Track, load_track
 
-REPO = Path(__file__).resolve().parents[2]
 CPUS_PER_GPU = 8  # a track gives CPU threads only for CPU tracks; 8 per GPU feeds one torchrun rank each
 TIME_MIN = {"cpu": 30, "cuda": 240}  # default wall-clock limit of one seed's job (minutes), per hardware kind
 
@@ -73,6 +73,5 @@ def _data_needs(track: Track) -> DataNeeds:
         train = [int(n.removeprefix("shard_").removesuffix(".parquet")) for n in ds.shards]
         n = ds.num_train_shards or max((i + 1 for i in train if i != VAL_SHARD), default=0)
         return DataNeeds(source="climbmix", num_train_shards=n)
-    # default_dir is relative to the repository root, as in harness.runner.data_dir_for
-    local = (REPO / ds.default_dir).resolve() if ds.default_dir else None
+    local = track_data_dir(track) if ds.default_dir else None
     return DataNeeds(source=ds.source, local_dir=local)
