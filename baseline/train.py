@@ -54,7 +54,7 @@ EMA_BETA = 0.9  # smoothing of the logged train loss (debiased), as nanochat log
 
 @dataclass
 class TrainResult:
-    status: str  # "completed" | "stopped" (stop_after_step reached) | "diverged"
+    status: str  # "completed" | "stopped" (stop_after_step reached) | "diverged" | "preempted" (saved, resumable)
     step: int  # optimizer steps taken
     num_iterations: int  # the planned horizon (on a fixed-budget track: the cap)
     train_time_s: float  # the timed seconds: Σ dt over every step (protocol/timing.py)
@@ -112,6 +112,8 @@ def train(
     events_stream=None,
     on_step_end: Callable[[int], None] | None = None,
     keep_final_checkpoint: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    save_every_s: float | None = None,
 ) -> TrainResult:
     """Train from scratch (or resume from the latest checkpoint in out_dir/checkpoints) and return the result.
 
@@ -123,6 +125,9 @@ def train(
     events instead of out_dir/events.jsonl (the runner's pipe). on_step_end(step): called at every step
     boundary, after the step's event is written (the harness's checks of the rules; it may raise).
     keep_final_checkpoint=False: no checkpoint when stop_after_step ends the run (a warm-up's throwaway).
+    should_stop(): asked at every step boundary (a preemption notice: SIGTERM/SIGUSR1 in the harness);
+    when any rank says yes, the run saves a checkpoint there and ends "preempted", to be resumed.
+    save_every_s: also save at the first step boundary after this many wall seconds since the last save.
     """
     wall_start = time.perf_counter()
     hooks = hooks or Hooks()
@@ -150,8 +155,9 @@ def train(
     optimizer = hooks.build_optimizer(model, plan, runtime.compute_dtype)
     schedule = hooks.build_schedule(plan)
 
-    start_step, loop_state, loader_state = 0, {}, None
+    start_step, loop_state, loader_state, resumed_from = 0, {}, None, None
     if resume and (ckpt := latest_checkpoint(checkpoints_dir)) is not None:
+        resumed_from = ckpt
         meta = read_meta(ckpt)
         if meta["model_config"] != plan.model_config.to_dict():
             raise ValueError(f"{ckpt} holds a different model ({meta['model_config']}): resume with its config")
@@ -223,10 +229,14 @@ def train(
         sha256 = file_sha256(path / "model.safetensors") if master else None
         events.write(CheckpointEvent, step=step, seconds=seconds, sha256=sha256)
 
-    step = start_step
+    step, last_save = start_step, time.monotonic()
     while True:
         # A fixed-budget track ends at the first step boundary past its budget (num_iterations is then a cap).
         last = step == num_iterations or 0 < config.time_budget_s <= result.train_time_s
+        # Every rank takes the same decision at the same boundary (a notice may reach one rank first).
+        preempted = not last and step != start_step and _any_rank(should_stop is not None and should_stop(), device)
+        due = save_every_s is not None and time.monotonic() - last_save >= save_every_s
+        timely = not last and step != start_step and _any_rank(due, device)
         if val_bpb_fn is not None and (last or (config.eval_every > 0 and step % config.eval_every == 0)):
             t0 = time.perf_counter()
             model.eval()
@@ -240,8 +250,15 @@ def train(
             say(f"step {step:05d} | val bpb {bpb:.6f}")
             result.eval_time_s += time.perf_counter() - t0
         save_now = step != start_step and (last or (config.save_every > 0 and step % config.save_every == 0))
-        if save_now:
+        if save_now or preempted or timely:
             save(step)
+            last_save = time.monotonic()
+        if preempted:
+            result.status = "preempted"
+            say(f"preempted at step {step}: saved, resume to continue")
+            break
+        if last and step == start_step and resumed_from is not None:
+            result.checkpoint = str(resumed_from)  # resumed after the last step: its checkpoint is the final one
         if last or (stop_after_step is not None and step >= stop_after_step):
             if not last:
                 result.status = "stopped"
@@ -322,6 +339,10 @@ def train(
     events.write(EndEvent, **{k: v for k, v in asdict(result).items() if k != "val_bpb_history"})
     events.close()
     return result
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    return max_across_ranks(float(flag), device) > 0
 
 
 def _gather_states(state: dict, runtime: Runtime) -> list[dict]:

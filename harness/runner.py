@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 
 from baseline.checkpoint import latest_checkpoint, read_meta, step_dir
@@ -40,6 +41,7 @@ from protocol.record import (
     EXIT_INVALID,
     Campaign,
     Clock,
+    Interruption,
     Provenance,
     Result,
     RunRecord,
@@ -62,6 +64,7 @@ from submissions.contract import SUBMISSIONS_DIR, SubmissionError, check_eval_bu
 
 REPO = Path(__file__).resolve().parents[1]  # the training process runs from the repo root
 KILL_GRACE_S = 30
+PREEMPT_GRACE_S = 300  # how long a preempted training process may take to reach a step boundary and save
 COMPILE_CACHE = "compile_cache"  # in the run directory: filled by the warm-up, read by the timed process
 
 
@@ -156,12 +159,21 @@ def preflight(track: Track, nproc: int, nnodes: int) -> list[str]:
 
 def _launch(module: str, args: list[str], run_dir: Path, env: dict, nproc: int, nnodes: int, node_rank: int,
             rdzv: str | None) -> subprocess.Popen:  # fmt: skip
-    """`python -m module args` (through torchrun when several ranks), its output appended to train.log."""
+    """`python -m module args` (through torchrun when several ranks), its output appended to train.log.
+
+    Several nodes meet at `rdzv` (HOST:PORT of node 0) with fixed node ranks (torchrun's static
+    rendezvous): node 0 must hold global rank 0, which writes the step events into node 0's runner's
+    pipe; c10d's rendezvous would hand rank 0 to whichever node sorts first.
+    """
     if nproc == 1 and nnodes == 1:
         cmd = [sys.executable, "-m", module, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
-        cmd += [f"--node_rank={node_rank}", f"--rdzv_endpoint={rdzv}"] if rdzv else ["--standalone"]
+        if nnodes > 1:
+            host, _, port = rdzv.rpartition(":")
+            cmd += [f"--node_rank={node_rank}", f"--master_addr={host}", f"--master_port={port}"]
+        else:
+            cmd += ["--standalone"]
         cmd += ["-m", module, *args]
     with open(run_dir / "train.log", "a") as log:  # the child keeps its own descriptor
         # A new session: one signal reaches the process and every torchrun rank, never this one.
@@ -215,27 +227,44 @@ def process_env(run_dir: Path, spec: RunSpec) -> dict:
 
 @dataclass
 class _Stages:
-    """What the stages of one launch left: exit codes, the runner's seconds, signals received."""
+    """The stages of one launch: exit codes, the runner's seconds, and the signal that stopped them.
+
+    SIGINT stops now (the run ends killed). SIGTERM and SIGUSR1 are the notice a cloud or SLURM gives
+    before taking the machine: the training process is asked (SIGUSR1) to save at its next step boundary
+    and end preempted; other stages just end. Under torchrun the notice goes to the ranks, not the agent.
+    """
 
     signal: int | None = None
     returncode: dict = field(default_factory=dict)  # stage -> exit code
     seconds: dict = field(default_factory=dict)  # stage -> the runner's wall seconds
     proc: subprocess.Popen | None = None
+    stage: str | None = None
 
     def forward(self, signum, _frame):
-        self.signal = signum
-        if self.proc is not None and self.proc.poll() is None:
+        first = self.signal is None
+        self.signal = self.signal or signum
+        if self.proc is None or self.proc.poll() is not None or not first:
+            return
+        if signum == signal.SIGINT or self.stage != "train":
             os.killpg(self.proc.pid, signal.SIGTERM)
+            return
+        ranks = psutil.Process(self.proc.pid).children() if self.proc.args[2] == "torch.distributed.run" else []
+        for p in ranks or [psutil.Process(self.proc.pid)]:
+            p.send_signal(signal.SIGUSR1)
+
+    @property
+    def preempted(self) -> bool:
+        return self.signal in (signal.SIGTERM, signal.SIGUSR1)
 
     def run(self, stage: str, module: str, args: list[str], run_dir, env, launch, tick=lambda: None) -> int:
         t0 = time.monotonic()
-        self.proc = _launch(module, args, run_dir, env, **launch)
+        self.stage, self.proc = stage, _launch(module, args, run_dir, env, **launch)
         while self.proc.poll() is None:
             tick()
             time.sleep(0.2)
             if self.signal is not None:
                 try:
-                    self.proc.wait(KILL_GRACE_S)
+                    self.proc.wait(PREEMPT_GRACE_S if self.preempted and stage == "train" else KILL_GRACE_S)
                 except subprocess.TimeoutExpired:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait()
@@ -243,15 +272,23 @@ class _Stages:
         return self.proc.returncode
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 def execute(run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0, rdzv=None) -> RunRecord:
-    """Warm up, train, evaluate (three processes), watching and stamping; return the finished record (also written)."""
+    """Warm up, train, evaluate (three processes), watching and stamping; return the finished record (also written).
+
+    With several nodes this is node 0's runner; the others run `follow` with the same launch arguments.
+    """
     spec = read_spec(run_dir)
     env, launch = process_env(run_dir, spec), dict(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
     stages = _Stages()
     progress = _Progress(record.plan["num_iterations"])
     events_path = run_dir / record.files.events
-    old_handlers = {s: signal.signal(s, stages.forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_handlers = {s: signal.signal(s, stages.forward) for s in SIGNALS}
     pipe = None
+    record.status = "running"
+    write_record(run_dir, record)
     try:
         with telemetry.TelemetrySampler(run_dir / _telemetry_file(record)) as sampler:
             if stages.run("warm-up", "harness.warmup", [str(run_dir)], run_dir, env, launch) == 0 and not stages.signal:
@@ -266,16 +303,37 @@ def execute(run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0,
                 sampler.mark("train_end")
                 pipe.close()
                 progress.show(final=True)
-                pinned = _final_checkpoint(run_dir, pipe.events)
-                if stages.returncode["train"] == 0 and pinned and not stages.signal:
-                    stages.run("eval", "harness.eval_process", [str(run_dir), str(pinned[0]), pinned[1]], run_dir, env,
-                               launch)  # fmt: skip
+                pinned = _final_checkpoint(run_dir, read_events(events_path))
+                result = read_result(run_dir)
+                done = stages.returncode["train"] == 0 and result is not None and result.status != "preempted"
+                if done and pinned and not stages.signal:  # on this node alone: the checkpoint it scores is here
+                    args = [str(run_dir), str(pinned[0]), pinned[1]]
+                    stages.run("eval", "harness.eval_process", args, run_dir, env, launch | {"nnodes": 1, "rdzv": None})
         if sys.stdout.isatty():
             print()
     finally:
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
     return finish(run_dir, record, spec, stages, pipe)
+
+
+def follow(run_dir: Path, *, nproc: int, nnodes: int, node_rank: int, rdzv: str) -> int:
+    """Another node of a multi-node run: the same three torchrun stages, joining node 0's rendezvous each time.
+
+    It writes nothing of the run's own: node 0's runner stamps the events and writes the record.
+    """
+    spec = read_spec(run_dir)
+    env, launch = process_env(run_dir, spec), dict(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
+    stages = _Stages()
+    old_handlers = {s: signal.signal(s, stages.forward) for s in SIGNALS}
+    try:
+        for stage, module in (("warm-up", "harness.warmup"), ("train", "harness.trainer_process")):
+            if stages.run(stage, module, [str(run_dir)], run_dir, env, launch) != 0 or stages.signal:
+                return 1
+        return 0  # the eval runs on node 0 alone: the checkpoint it scores is there
+    finally:
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
 
 
 def _final_checkpoint(run_dir: Path, events: list) -> tuple[Path, str] | None:
@@ -333,7 +391,10 @@ def _outcome(run_dir: Path, stages: _Stages, pipe: EventPipe | None, result, clo
     """The run's status and, unless it succeeded, why (one line)."""
     tail = _log_tail(run_dir, 20)
     if stages.signal is not None:
-        return "killed", f"stopped by {signal.Signals(stages.signal).name}"
+        name = signal.Signals(stages.signal).name
+        if stages.preempted and result is not None and result.status == "preempted":
+            return "preempted", f"{name}: saved at step {result.step}; `speedrun resume {run_dir.name}` continues it"
+        return "killed", f"stopped by {name}"
     if EXIT_INVALID in stages.returncode.values():
         return "invalid", next((line for line in reversed(tail) if "speedrun: invalid:" in line), "a rule was broken")
     for stage, code in stages.returncode.items():
@@ -351,31 +412,43 @@ def _outcome(run_dir: Path, stages: _Stages, pipe: EventPipe | None, result, clo
 
 
 def finish(run_dir: Path, record: RunRecord, spec: RunSpec, stages: _Stages, pipe: EventPipe | None) -> RunRecord:
-    """Fill the record from what the three processes left behind, whatever the outcome."""
+    """Fill the record from what the three processes left behind, whatever the outcome.
+
+    The timed seconds come from the step events the runner stamped, so a run that was killed or
+    preempted still reports the seconds it trained for.
+    """
     result, evaluation = read_result(run_dir), read_evaluation(run_dir)
     events_path = run_dir / record.files.events
     events = read_events(events_path) if events_path.is_file() else []
-    clock = clock_check(events) if last_per_step(events) else None
+    steps = last_per_step(events)
+    clock = clock_check(events) if steps else None
     status, why = _outcome(run_dir, stages, pipe, result, clock)
     record.status, record.finished, record.error = status, now_iso(), why
     previous = record.timing
-    if result:
+    if steps or result:
         record.timing = Timing(
             train_time_s=timed_seconds(events),
             nanochat_time_s=nanochat_seconds(events),
             warmup_time_s=stages.seconds.get("warm-up", 0.0) + (previous.warmup_time_s if previous else 0.0),
-            setup_time_s=result.setup_time_s,
+            setup_time_s=result.setup_time_s if result else 0.0,
             eval_time_s=stages.seconds.get("eval", 0.0),
-            checkpoint_time_s=result.checkpoint_time_s,
+            checkpoint_time_s=result.checkpoint_time_s if result else 0.0,
             wall_time_s=sum(stages.seconds.values()) + (previous.wall_time_s if previous else 0.0),
-            steps=result.step,
-            num_iterations=result.num_iterations,
+            steps=result.step if result else (steps[-1].step + 1 if steps else 0),
+            num_iterations=record.plan["num_iterations"],
             clock=Clock(ok=clock.ok, runner_span_s=clock.runner_span_s, saves_s=clock.saves_s, detail=clock.detail)
             if clock
             else None,
         )
+    if result:
         record.throughput = Throughput(tokens_per_s=result.tokens_per_s, mfu=result.mfu)
         record.files.checkpoint = os.path.relpath(result.checkpoint, run_dir) if result.checkpoint else None
+    if status in ("preempted", "killed", "failed") and record.timing is not None:
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        record.interruptions.append(
+            Interruption(at=now_iso(), status=status, step=record.timing.steps,
+                         checkpoint_step=read_meta(ckpt)["step"] if ckpt else None, timed_s=record.timing.train_time_s)
+        )  # fmt: skip
     core = (evaluation.core or {}).get("core")
     value = evaluation.val_bpb if record.track.metric == "val_bpb" else core
     met = beats(value, record.track.threshold, record.track.higher_is_better)
@@ -409,10 +482,13 @@ def run(
     rdzv: str | None = None,
     max_steps: int | None = None,
     unofficial: bool = False,
+    checkpoint_every_s: float | None = None,
+    campaign_id: str | None = None,
 ) -> list[Path]:
     """Register one run per seed (all before any starts), then run them in turn; returns the run directories."""
-    run_dirs = register(track, submission, seeds=seeds, runs_dir=runs_dir, data_dir=data_dir, nproc=nproc * nnodes,
-                        max_steps=max_steps, unofficial=unofficial)  # fmt: skip
+    _, run_dirs = register(track, submission, seeds=seeds, runs_dir=runs_dir, data_dir=data_dir, nproc=nproc * nnodes,
+                           max_steps=max_steps, unofficial=unofficial, checkpoint_every_s=checkpoint_every_s,
+                           campaign_id=campaign_id)  # fmt: skip
     for run_dir in run_dirs:
         record = execute(run_dir, read_record(run_dir), nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
         timed_s = record.timing.train_time_s if record.timing else 0.0
@@ -436,12 +512,11 @@ def register(
     nproc: int = 1,
     max_steps: int | None = None,
     unofficial: bool = False,
-) -> list[Path]:
+    checkpoint_every_s: float | None = None,
+    campaign_id: str | None = None,
+) -> tuple[Campaign, list[Path]]:
     """Prepare the track and write every seed's run directory (status registered) and the campaign file."""
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ValueError(f"seed {repeated[0]} is given twice: every seed counts once, pass distinct seeds")
-    plugin = checked_submission(submission)  # refuse a broken plug-in before any data or training work
+    campaign, plugin = plan_campaign(track, submission, seeds, campaign_id)
     reasons = preflight(track, nproc, 1)
     if reasons and not unofficial:
         raise Preflight(f"{'; '.join(reasons)}: run on the track's hardware, or pass --unofficial to run anyway")
@@ -462,17 +537,12 @@ def register(
     # What the training process may not read: the val split, the held-out split if this machine has it,
     # the CORE eval bundle.
     denied = [*splits["val"], *(data_dir / n for n in track.dataset.heldout_shards), eval_bundle_dir()]
-    submission_ref = SubmissionRef(**provenance.submission_ref(plugin.path))
-    track_ref = TrackRef(name=track.name, version=track.version, metric=track.target.metric,
-                         threshold=track.target.threshold, higher_is_better=track.target.higher_is_better,
-                         kind=track.kind, budget_s=track.target.budget_s)  # fmt: skip
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dirs = []
     for seed in seeds:
         config = TrainConfig(**track.training_config(plugin.config), vocab_size=vocab, seed=seed)
         plan = plan_training(config, nproc)  # fails here, before launching, on a bad shape
         check_eval_budget(config, nproc)
-        run_dir = runs_dir / f"{stamp}-{track.name}-{submission_ref.name}-s{seed}"
+        run_dir = runs_dir / f"{campaign.campaign_id}-s{seed}"
         run_dir.mkdir(parents=True, exist_ok=False)
         spec = RunSpec(
             submission=_relative(plugin.path, run_dir),
@@ -488,6 +558,7 @@ def register(
             cpu_threads=track.hardware.cpu_threads if track.hardware.kind == "cpu" else None,
             price_per_hour=track.price_per_hour,
             gpu_count=max(track.hardware.gpu_count, 1),
+            checkpoint_every_s=checkpoint_every_s,
         )
         write_spec(run_dir, spec)
         record = RunRecord(
@@ -499,8 +570,8 @@ def register(
             command=provenance.portable_argv(sys.argv),
             seed=seed,
             nproc=nproc,
-            submission=submission_ref,
-            track=track_ref,
+            submission=campaign.submission,
+            track=campaign.track,
             config=asdict(config),
             plan=plan.to_dict(),
             provenance=Provenance(
@@ -516,11 +587,27 @@ def register(
         )
         write_record(run_dir, record)
         run_dirs.append(run_dir)
-    campaign = Campaign(campaign_id=f"{stamp}-{track.name}-{submission_ref.name}", created=now_iso(), track=track_ref,
-                        submission=submission_ref, seeds=seeds, run_ids=[d.name for d in run_dirs])  # fmt: skip
     write_campaign(runs_dir, campaign)
-    print(f"campaign {campaign.campaign_id}: {len(seeds)} runs registered ({track.name}, {submission_ref.name})")
-    return run_dirs
+    print(f"campaign {campaign.campaign_id}: {len(seeds)} runs registered ({track.name}, {campaign.submission.name})")
+    return campaign, run_dirs
+
+
+def plan_campaign(
+    track: Track, submission: str, seeds: list[int], campaign_id: str | None = None
+) -> tuple[Campaign, CheckedSubmission]:
+    """The campaign a `speedrun run` will register: distinct seeds, a checked submission, the runs' names."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed {repeated[0]} is given twice: every seed counts once, pass distinct seeds")
+    plugin = checked_submission(submission)  # refuse a broken plug-in before any data or training work
+    submission_ref = SubmissionRef(**provenance.submission_ref(plugin.path))
+    track_ref = TrackRef(name=track.name, version=track.version, metric=track.target.metric,
+                         threshold=track.target.threshold, higher_is_better=track.target.higher_is_better,
+                         kind=track.kind, budget_s=track.target.budget_s)  # fmt: skip
+    campaign_id = campaign_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{track.name}-{submission_ref.name}"
+    campaign = Campaign(campaign_id=campaign_id, created=now_iso(), track=track_ref, submission=submission_ref,
+                        seeds=seeds, run_ids=[f"{campaign_id}-s{seed}" for seed in seeds])  # fmt: skip
+    return campaign, plugin
 
 
 def _relative(path: Path, run_dir: Path) -> str:
@@ -536,6 +623,12 @@ def resume(run_dir: Path) -> RunRecord:
     if record.status == "registered":
         return execute(run_dir, record, nproc=record.nproc)
     write_spec(run_dir, read_spec(run_dir).model_copy(update={"resume": True}))
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if record.interruptions and ckpt is not None:  # what the resume will run again: steps after the checkpoint
+        start = read_meta(ckpt)["step"]
+        redo = [e for e in last_per_step(read_events(run_dir / record.files.events)) if e.step >= start]
+        record.interruptions[-1].redone_steps = len(redo)
+        record.interruptions[-1].lost_s = sum(e.dt_s for e in redo)
     # A preempted run that finishes is as good as one that never stopped: the timer kept counting.
     record.unofficial_reasons = [r for r in record.unofficial_reasons if not r.startswith("status ")]
     record.status, record.error, record.resumed = "running", None, record.resumed + 1

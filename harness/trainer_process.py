@@ -8,13 +8,16 @@ a FIFO in the run directory), where the runner stamps them with its own clock. I
 training view of the data (links to the train shards); the guard (harness/guard.py) refuses reading
 the val and held-out shards and the eval bundle, writing outside the run directory, patches of the
 clock or of the frozen code, other thread counts, and threads or processes left running at a step
-boundary. The final metric is computed by another, fresh process that never imports the submission
-(harness/eval_process.py). Exit codes: protocol.record.EXIT_OK, EXIT_DIVERGED, EXIT_INVALID (a broken
-rule, reported on stderr as `speedrun: invalid: ...`); anything else is a failure.
+boundary. SIGTERM or SIGUSR1 (the notice a cloud or SLURM gives before taking the machine) makes it
+save at the next step boundary and end "preempted". The final metric is computed by another, fresh
+process that never imports the submission (harness/eval_process.py). Exit codes: protocol.record.EXIT_OK,
+EXIT_DIVERGED, EXIT_INVALID (a broken rule, reported on stderr as `speedrun: invalid: ...`); anything
+else is a failure.
 """
 
 import json
 import os
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -44,6 +47,9 @@ def main(run_dir: str) -> int:
         deny_reading=spec.denied(run_dir),
         allow_writing=[run_dir],
     )
+    notice = []  # a preemption notice: save at the next step boundary, then exit (the runner records it)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda s, _frame: notice.append(s))
     guard.install()
     try:
         hooks = load_submission(spec.path(run_dir, "submission")).hooks()  # a broken plug-in stops here
@@ -64,6 +70,8 @@ def main(run_dir: str) -> int:
                 stop_after_step=spec.max_steps,
                 events_stream=events,
                 on_step_end=guard.check,
+                should_stop=lambda: bool(notice),
+                save_every_s=spec.checkpoint_every_s,
             )
         finally:
             destroy_runtime()

@@ -31,7 +31,9 @@ RECORD_SCHEMA, SPEC_SCHEMA = 2, 1
 #   running     started; completed / stopped (--max-steps) / diverged (a non-finite loss) when it ends
 #   invalid     the run broke a rule of the contract (harness/guard.py) or its clocks disagree
 #   failed / killed  a crash, or a signal (SIGINT, SIGTERM) that stopped it
-STATUSES = ("registered", "running", "completed", "stopped", "failed", "diverged", "killed", "invalid")
+#   preempted   a SIGTERM/SIGUSR1 notice (a cloud or SLURM taking the machine): saved at a step boundary,
+#               `speedrun resume` continues it with the timer continuing
+STATUSES = ("registered", "running", "completed", "stopped", "failed", "diverged", "killed", "invalid", "preempted")
 EXIT_OK, EXIT_DIVERGED, EXIT_INVALID = 0, 3, 4  # any other non-zero exit is "failed"
 
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
@@ -71,6 +73,7 @@ class RunSpec(_Strict):
     cpu_threads: int | None = None  # the track's; the harness sets the training process's threads to it
     price_per_hour: float = 0.0  # the track's, for the telemetry's cost
     gpu_count: int = 1
+    checkpoint_every_s: float | None = None  # also save every so often (spot instances); None: at the end only
     resume: bool = False
 
     def path(self, run_dir: Path, field: str) -> Path:
@@ -254,6 +257,18 @@ class ChatTune(_Strict):
     wall_time_s: Seconds | None = None
 
 
+class Interruption(_Strict):
+    """A launch that ended before the run did (preempted or killed), and what resuming it cost."""
+
+    at: Annotated[str, Field(max_length=40)]
+    status: Literal["preempted", "killed", "failed"]
+    step: Count  # steps done when it stopped
+    checkpoint_step: Count | None = None  # where a resume starts from (None: no checkpoint yet)
+    timed_s: Seconds = 0.0  # the run's timed seconds when it stopped
+    redone_steps: Count | None = None  # filled in by the resume: steps after the checkpoint, run again
+    lost_s: Seconds | None = None  # their timed seconds, which the resumed run does not count twice
+
+
 class RunRecord(_Strict):
     schema_version: Literal[2] = RECORD_SCHEMA
     run_id: str = Field(pattern=RUN_ID)
@@ -266,6 +281,7 @@ class RunRecord(_Strict):
     seed: Annotated[int, Field(ge=0, lt=2**63)]
     nproc: Annotated[int, Field(ge=1, le=100_000)] = 1
     resumed: Annotated[int, Field(ge=0, le=10_000)] = 0  # how many times
+    interruptions: Annotated[list[Interruption], Field(max_length=10_000)] = []
     submission: SubmissionRef
     track: TrackRef
     config: dict[str, Scalar] | None = None  # the resolved TrainConfig
@@ -302,6 +318,8 @@ class Campaign(_Strict):
     seeds: Annotated[list[Annotated[int, Field(ge=0, lt=2**63)]], Field(min_length=1, max_length=10_000)]
     run_ids: Annotated[list[Annotated[str, Field(pattern=RUN_ID)]], Field(min_length=1, max_length=10_000)]
     server: Annotated[str, Field(max_length=2000)] | None = None  # the leaderboard that issued the run ids
+    launcher: Literal["local", "slurm", "sky"] = "local"
+    jobs: dict[Annotated[str, Field(max_length=200)], Annotated[str, Field(max_length=200)]] = {}  # run id -> job
 
 
 def write_campaign(runs_dir: str | Path, campaign: Campaign) -> Path:

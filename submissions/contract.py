@@ -38,9 +38,30 @@ Enforced here (refused before training, with one line that names the problem and
   tolerance; the schedule gives finite numbers at every step; the optimizer holds every trainable
   parameter exactly once and one step trains. The runner calls it once, before the first seed.
 - `check_eval_budget(config, world_size)`: the resolved config scores exactly the track's val tokens.
-Enforced by the harness: the data, tokenizer, eval bundle and code are hashed into every record.
-Not enforceable by a test, so a rule for reviewers: a kernel must not behave differently on shapes,
-dtypes or devices the checks do not try (they run in fp32; a GPU path must compute the same function).
+Enforced by the harness while the submission runs (harness/guard.py, harness/runner.py; the run ends
+`invalid` with one line; tests/test_trust.py tries each):
+- every training step is timed, from step 0 (protocol/timing.py); compile warm-up happens in a separate
+  throwaway process that reads no data; the runner, which never imports a submission, stamps every
+  step event with its own clock, and the run is invalid when the two clocks disagree;
+- the submission's code may not patch `time`, `torch.cuda.synchronize`, `torch.set_num_threads` or any
+  attribute of the frozen packages (protocol, baseline, eval, harness): compared after the import and
+  after every step;
+- no thread or process it started may be alive at a step boundary, and the thread count is the track's;
+- the training process never sees the val or held-out data or the eval bundle (not in its data view;
+  reading them is refused), and writes only into its run directory;
+- the final metric is computed in a fresh process that never imports the submission, on a checkpoint
+  the runner pinned by its hash at the last step boundary.
+Enforced by the harness and the server: the data, tokenizer, eval bundle and code are hashed into
+every record; the leaderboard re-runs submissions in a sandbox and compares (the decisive check).
+Not enforceable in-process, so rules for reviewers (and why):
+- a kernel must not behave differently on shapes, dtypes or devices the checks do not try (they run in
+  fp32 on CPU; a GPU path must compute the same function);
+- no work may hide from the checks by a route Python's audit hooks and attribute snapshots cannot see:
+  native code that opens files or starts threads itself, code compiled under a frozen module's file
+  name, a patch that restores itself before the step boundary (the runner's clock still sees its
+  effect on time; a re-run in the server's sandbox sees any effect on the result);
+- no state may be carried from one run to another outside the run directory (a machine's other files
+  are not walled off locally; the server's re-run starts from nothing).
 """
 
 import difflib

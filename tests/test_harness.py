@@ -123,7 +123,8 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
         assert str(tmp_path) not in text and str(Path.home()) not in text, name
 
 
-def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupted_run(tmp_path):
+def test_sigterm_preempts_and_resume_finishes_like_an_uninterrupted_run(tmp_path):
+    """SIGTERM (a cloud's or SLURM's notice): saved at the next step boundary, resumed there, same losses."""
     track_file = write_track(tmp_path, steps=16)
     runs = tmp_path / "runs"
     proc = speedrun_cli("run", "baseline", "--track", track_file, "--runs-dir", runs, "--seed-list", 3,
@@ -131,7 +132,7 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     deadline = time.monotonic() + 240
     run_dir = None
     while time.monotonic() < deadline:  # wait for the first checkpoint (step 4) and a step beyond it
-        run_dirs = list(runs.glob("*")) if runs.is_dir() else []
+        run_dirs = [d for d in runs.glob("*") if (d / "run.json").is_file()] if runs.is_dir() else []
         if run_dirs and (run_dirs[0] / "checkpoints" / "step_000004").is_dir():
             events = (run_dirs[0] / "events.jsonl").read_text().splitlines()
             if len(events) >= 6:
@@ -140,9 +141,12 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
         time.sleep(0.2)
     assert run_dir is not None, proc.communicate()[0]
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    killed = read_record(run_dir)
-    assert killed.status == "killed" and not killed.official
+    proc.wait(timeout=120)
+    preempted = read_record(run_dir)
+    assert preempted.status == "preempted" and not preempted.official, preempted.error
+    [stop] = preempted.interruptions
+    assert stop.status == "preempted" and stop.checkpoint_step == stop.step >= 5  # saved at the boundary it reached
+    assert preempted.timing.train_time_s == pytest.approx(stop.timed_s) and stop.timed_s > 0  # seconds so far, no nan
     assert (run_dir / "train.log").is_file() and (run_dir / "telemetry.jsonl").stat().st_size > 0
 
     resume = speedrun_cli("resume", run_dir.name, "--runs-dir", runs, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -150,6 +154,7 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     resumed = read_record(run_dir)
     assert resumed.status == "completed", output
     assert resumed.resumed == 1 and resumed.official
+    assert resumed.interruptions[0].redone_steps == 0 and resumed.interruptions[0].lost_s == 0  # nothing redone
 
     [full_dir] = runner.run(load_track(track_file), "baseline", seeds=[3], runs_dir=tmp_path / "full")
     losses = {}
@@ -161,14 +166,30 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     assert losses[run_dir] == pytest.approx(losses[full_dir], rel=1e-6)
     full = read_record(full_dir)
     assert resumed.result.value == pytest.approx(full.result.value, rel=1e-6)
-    # The timer continued: the resumed run's timed seconds cover all 5 timed steps, as the full run's do.
-    assert resumed.timing.train_time_s > 0.5 * full.timing.train_time_s
+    # The timer continued: the resumed run's timed seconds are its 16 steps', from both launches.
+    events = read_events(run_dir / "events.jsonl")
+    assert resumed.timing.train_time_s == pytest.approx(sum(e.dt_s for e in events if e.event == "step"), rel=1e-9)
+    assert resumed.timing.clock.ok and sum(e.event == "start" for e in events) == 2  # two launches, both clocks agree
+
+
+def test_sigint_kills_and_the_record_keeps_the_seconds_so_far(tmp_path):
+    runs = tmp_path / "runs"
+    proc = speedrun_cli("run", "baseline", "--track", write_track(tmp_path, steps=40), "--runs-dir", runs,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    run_dir = wait_for_steps(runs, 4, proc)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0].decode()
+    record = read_record(run_dir)
+    assert record.status == "killed" and record.interruptions[0].status == "killed", out
+    assert (
+        record.timing.train_time_s > 0 and "timed nan" not in out and f"timed {record.timing.train_time_s:.1f}s" in out
+    )
 
 
 def wait_for_steps(runs: Path, n: int, proc) -> Path:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        run_dirs = list(runs.glob("*")) if runs.is_dir() else []
+        run_dirs = [d for d in runs.glob("*") if (d / "run.json").is_file()] if runs.is_dir() else []
         events = run_dirs[0] / "events.jsonl" if run_dirs else None
         if events and events.is_file() and len(events.read_text().splitlines()) >= n:
             return run_dirs[0]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.launchers import local, slurm
 from harness.launchers import sky as sky_launcher
+from harness.launchers import slurm
 from harness.launchers.track import JobResources, track_needs
 from protocol.paths import REPO
 
@@ -74,18 +74,6 @@ def test_track_needs_read_the_tracks_hardware_and_data():
     assert books.resources == JobResources(nodes=1, gpus_per_node=0, gpu_model=None, cpus_per_task=2, time_min=10)
     assert books.data.source == "local" and books.data.local_dir == (REPO.parent / "shared/data/pretrain").resolve()
     assert track_needs("cpu").data.num_train_shards == 2  # shards 0, 1 and the val shard
-
-
-def test_local_launcher_runs_commands_in_order_and_stops_after_a_killed_one(tmp_path):
-    log = tmp_path / "log"
-    append = [sys.executable, "-c", f"import sys; open({str(log)!r}, 'a').write(sys.argv[1])"]
-    killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
-    assert local.run_local([append + ["a"], append + ["b"]]) == [0, 0]
-    assert local.run_local([append + ["c"], killed, append + ["d"]]) == [0, -15]
-    assert log.read_text() == "abc"
-
-
-# ------------------------------------------------------------------------------------------ SLURM, offline
 
 
 def test_slurm_config_reads_toml_and_flags_override_it(tmp_path):
@@ -161,9 +149,7 @@ def test_preempted_job_is_requeued_with_its_resume_command_and_ends_as_if_uninte
     script = tmp_path / "counter.py"
     script.write_text(COUNTER)
     reference = tmp_path / "reference.json"
-    assert local.run_local(
-        [[sys.executable, str(script), str(tmp_path / "ref_state"), str(reference), str(STEPS)]]
-    ) == [0]
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ref_state"), str(reference), str(STEPS)], check=True)
 
     out = tmp_path / "out.json"
     command = [sys.executable, str(script), str(tmp_path / "state.json"), str(out), str(STEPS)]
@@ -276,3 +262,70 @@ def test_sky_check_task_refuses_what_skypilot_refuses(sky, tmp_path):
     )
     with pytest.raises(ValueError, match="gone"):
         sky_launcher.check_task(task)
+
+
+# ---------------------------------------------------------------------------------- speedrun run --launcher slurm
+
+
+@pytest.mark.slow
+def test_a_slurm_campaign_runs_every_seed_to_a_record_and_a_preempted_seed_resumes_like_uninterrupted(
+    cluster, tmp_path, monkeypatch
+):
+    """`speedrun run --seeds 3 --launcher slurm` on the tiny track; one seed gets SLURM's USR1 notice mid-run."""
+    from protocol.events import read_events
+    from protocol.record import find_campaign, read_campaign, read_record
+    from tests.test_harness import write_track
+
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tmp_path / "cache"))
+    track, runs = write_track(tmp_path, steps=60), tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    config = tmp_path / "slurm.toml"
+    config.write_text(f'log_dir = "{tmp_path / "slurm"}"\ngrace_s = 120\n')
+    cmd = [
+        sys.executable,
+        "-m",
+        "speedrun",
+        "run",
+        "baseline",
+        "--track",
+        str(track),
+        "--runs-dir",
+        str(runs),
+        "--seed-list",
+        "1",
+        "2",
+        "3",
+        "--launcher",
+        "slurm",
+        "--slurm-config",
+        str(config),
+        "--campaign-id",
+        "sl",
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    campaign = read_campaign(find_campaign("sl", runs))
+    assert campaign.launcher == "slurm" and list(campaign.jobs) == ["sl-s1", "sl-s2", "sl-s3"]
+    first = campaign.jobs["sl-s1"]
+    events = runs / "sl-s1" / "events.jsonl"
+    wait_for(lambda: events.is_file() and sum(e.event == "step" for e in read_events(events)) >= 10, 600, "10 steps")
+    subprocess.run(["scancel", "--signal=USR1", first], check=True)
+    wait_for(lambda: finished(list(campaign.jobs.values())), 1800, "the campaign's jobs")
+    records = {r: read_record(runs / r) for r in campaign.run_ids}
+    assert all(r.status == "completed" for r in records.values()), {k: (r.status, r.error) for k, r in records.items()}
+    preempted = records["sl-s1"]
+    assert preempted.resumed == 1 and preempted.interruptions[0].status == "preempted"
+    status = subprocess.run([sys.executable, "-m", "speedrun", "status", "sl", "--runs-dir", str(runs)], env=env,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    assert status.count("completed") == 3 and first in status
+    # The preempted seed ends with the losses and val bpb of an uninterrupted run of the same seed.
+    again = subprocess.run([sys.executable, "-m", "speedrun", "run", "baseline", "--track", str(track), "--runs-dir",
+                            str(runs), "--seed-list", "1", "--campaign-id", "local"], env=env, capture_output=True,
+                           text=True, timeout=900)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    reference = read_record(runs / "local-s1")
+    losses = [
+        [e.loss for e in read_events(runs / r / "events.jsonl") if e.event == "step"] for r in ("sl-s1", "local-s1")
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert preempted.result.val_bpb == pytest.approx(reference.result.val_bpb, rel=1e-6)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +78,39 @@ def test_two_ranks_equal_one_rank_with_gradient_accumulation(tmp_path):
     for key in start:
         a, b = start[key], other[key]
         assert (a - b).norm() <= 1e-3 * a.norm() + 1e-6, key
+
+
+def test_two_nodes_equal_one_process_with_the_same_global_batch(tmp_path):
+    """Two torchrun agents (--nnodes 2, one rank each, gloo) meeting on 127.0.0.1, as the runner launches nodes."""
+    single = dist_train_worker.main(str(tmp_path / "single"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node=1",
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                str(REPO / "tests" / "dist_train_worker.py"),
+                str(tmp_path / "nodes"),
+            ],
+            env=env,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    assert [a.wait(timeout=600) for a in agents] == [0, 0]
+    single_losses = [e["loss"] for e in events(tmp_path / "single")]
+    node_losses = [e["loss"] for e in events(tmp_path / "nodes")]
+    assert single.step == len(node_losses) == 6
+    for s, (a, b) in enumerate(zip(single_losses, node_losses, strict=True)):
+        assert b == pytest.approx(a, rel=2e-4 if s < 5 else 2e-3), s
 
 
 def test_resume_gives_the_losses_of_the_uninterrupted_run(tmp_path):
