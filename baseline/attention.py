@@ -1,10 +1,15 @@
-"""Causal sliding-window attention: FlashAttention-3 on Hopper when available, PyTorch SDPA otherwise.
+"""Causal sliding-window attention: FlashAttention on Hopper when it is there, PyTorch SDPA otherwise.
 
-Tensors are in FA3's layout, (B, T, H, D), so the model never transposes. A window W means each
-query at position t sees keys t-W .. t (W+1 keys), like `flash_attn_func(..., window_size=(W, 0))`.
+Tensors are in FlashAttention's layout, (B, T, H, D), so the model never transposes. A window W means
+each query at position t sees keys t-W .. t (W+1 keys), like `flash_attn_func(..., window_size=(W, 0))`.
 
-FA3 comes from the `kernels` package (a Hub download, so it is only there when the machine could
-fetch it once); it is used only for bf16 on CUDA. Set SPEEDRUN_ATTENTION=sdpa to force the fallback.
+Chosen automatically, for bf16 on CUDA only, in this order (`backend()` says which; every run records it):
+- "fa4": FlashAttention-4 (`pip install -e '.[fa4]'`, the `flash-attn-4` wheels from the package index,
+  CuTe DSL kernels for Hopper and Blackwell, sm90+);
+- "fa3": FlashAttention-3 from the `kernels` package (a Hub download, there only if the machine could
+  fetch it once);
+- "sdpa": PyTorch's scaled_dot_product_attention, everywhere else (and on CPU, always).
+SPEEDRUN_ATTENTION=sdpa|fa3|fa4 forces one (an unavailable one falls back to SDPA).
 """
 
 import functools
@@ -15,9 +20,24 @@ import torch.nn.functional as F
 
 
 @functools.cache
+def _flash_attention_4():
+    """FA4's flash_attn_func, or None (no CUDA, not Hopper or newer, `flash-attn-4` not installed)."""
+    if os.environ.get("SPEEDRUN_ATTENTION", "fa4") != "fa4" or not torch.cuda.is_available():
+        return None
+    if torch.cuda.get_device_capability()[0] < 9:
+        return None
+    try:
+        from flash_attn.cute import flash_attn_func  # optional: the [fa4] extra, CUDA sm90+ only
+
+        return flash_attn_func
+    except Exception:  # noqa: BLE001 -- any failure (not installed, no CUTLASS DSL for this CUDA) means "not FA4"
+        return None
+
+
+@functools.cache
 def _flash_attention_3():
     """The FA3 interface module, or None (no CUDA, no `kernels` package, no cached kernel)."""
-    if os.environ.get("SPEEDRUN_ATTENTION", "") == "sdpa" or not torch.cuda.is_available():
+    if os.environ.get("SPEEDRUN_ATTENTION", "fa3") not in ("fa3", "fa4") or not torch.cuda.is_available():
         return None
     try:
         from kernels import get_kernel  # optional: fetches FA3 from the Hugging Face Hub, CUDA only
@@ -30,9 +50,12 @@ def _flash_attention_3():
 
 
 def backend(dtype: torch.dtype, device: torch.device) -> str:
-    """Which implementation `attention` will use for this dtype and device: 'fa3' or 'sdpa'."""
-    if device.type == "cuda" and dtype == torch.bfloat16 and _flash_attention_3() is not None:
-        return "fa3"
+    """Which implementation `attention` will use for this dtype and device: 'fa4', 'fa3' or 'sdpa'."""
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        if _flash_attention_4() is not None:
+            return "fa4"
+        if _flash_attention_3() is not None:
+            return "fa3"
     return "sdpa"
 
 
@@ -73,7 +96,10 @@ def _sdpa(q, k, v, window: int):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
     """Causal attention of q (B, T, H, D) over k, v (B, T, Hkv, D) with a left window; -> (B, T, H, D)."""
-    if backend(q.dtype, q.device) == "fa3":
+    which = backend(q.dtype, q.device)
+    if which == "fa4":
+        return _flash_attention_4()(q, k, v, causal=True, window_size=(window, 0))[0]  # (out, lse)
+    if which == "fa3":
         return _flash_attention_3().flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
     return _sdpa(q, k, v, window)
 

@@ -12,8 +12,8 @@ shared 2-core box two OpenMP threads stall on each other and the noise swamps th
 
 Models (depth 4 both): `golden` = the golden trained model (n_embd 128, sequence_len 256, so sliding
 windows cut 10-shot prompts to their last ~640 tokens); `nanochat-d4` = nanochat's d4 shape (n_embd 256,
-2 heads of 128, sequence_len 2048: windows 512/2048, no cut) with random weights. Both use the golden
-4096-token tokenizer.
+2 heads of 128, sequence_len 2048: windows 512/2048, no cut) with random weights; `d12` = the d12 shape
+(the GPU check's), random weights. All use the golden 4096-token tokenizer. `--device cuda`: bf16.
 """
 
 import argparse
@@ -37,12 +37,13 @@ SHARED = Path(os.environ.get("SPEEDRUN_SHARED", Path(__file__).resolve().parents
 MODELS = {
     "golden": GPTConfig(sequence_len=256, vocab_size=4096, n_layer=4, n_head=2, n_kv_head=2, n_embd=128),
     "nanochat-d4": GPTConfig(sequence_len=2048, vocab_size=4096, n_layer=4, n_head=2, n_kv_head=2, n_embd=256),
+    "d12": GPTConfig(sequence_len=2048, vocab_size=4096, n_layer=12, n_head=6, n_kv_head=6, n_embd=768),
 }
 
 
-def build(name: str):
+def build(name: str, device: str = "cpu"):
     torch.manual_seed(42)
-    model = build_model(MODELS[name], "cpu")
+    model = build_model(MODELS[name], device, torch.bfloat16 if device == "cuda" else torch.float32)
     if name == "golden":
         model.load_state_dict(load_file(SHARED / "golden" / "optim" / "state_step6.safetensors"))
     return model.eval()
@@ -67,11 +68,12 @@ def main():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--eval-bundle", type=Path, default=SHARED / "data" / "eval_bundle")
     p.add_argument("--tokenizer", type=Path, default=SHARED / "golden" / "tokenizer")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = Tokenizer.load(args.tokenizer)
-    model = build(args.model)
+    model = build(args.model, args.device)
     specs = {s.label: s for s in read_tasks(args.eval_bundle)}
     if args.tasks == ["all"]:
         args.tasks = list(specs)

@@ -29,6 +29,7 @@ import psutil
 import pynvml
 import torch
 
+from baseline.attention import backend as attention_backend
 from eval.bundle import content_sha256, read_tasks
 from protocol.hashing import (
     ALL_FILES,
@@ -120,6 +121,8 @@ def environment() -> dict:
         "torch_num_threads": torch.get_num_threads(),
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "gpus": [_gpu(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        # What the model's attention will run on (bf16 on CUDA; SDPA otherwise): it changes speed and rounding.
+        "attention": attention_backend(torch.bfloat16, torch.device("cuda" if cuda else "cpu")),
     }
 
 

@@ -204,6 +204,7 @@ class Environment(_Strict):
     torch_num_threads: Count | None = None
     gpu_count: Annotated[int, Field(ge=0, le=100_000)] = 0
     gpus: Annotated[list[Gpu], Field(max_length=100_000)] = []
+    attention: Literal["fa4", "fa3", "sdpa"] | None = None  # baseline.attention.backend for the run's device
 
 
 class Git(_Strict):
