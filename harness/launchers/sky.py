@@ -26,11 +26,11 @@ extra, e.g. `pip install 'skypilot[aws]==0.9.3'`). Config file
 
 import copy
 import shlex
-import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
+from harness.launchers.config_file import merged_values
 from harness.launchers.track import TrackNeeds
 from protocol.paths import REPO
 
@@ -62,12 +62,7 @@ class SkyConfig:
     @classmethod
     def from_toml(cls, path: str | Path | None = None, **overrides) -> "SkyConfig":
         """The config file's values (if a path is given), then `overrides` that are not None (the flags)."""
-        raw = tomllib.loads(Path(path).read_text()) if path else {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
-        values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+        values = merged_values(cls, path, overrides)
         if values.get("workdir") is not None:
             values["workdir"] = Path(values["workdir"])
         if "setup" in values:

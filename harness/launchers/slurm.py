@@ -33,11 +33,11 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.launchers.config_file import merged_values
 from harness.launchers.track import JobResources
 
 INSTALL_HINT = "submitit is not installed: pip install -e '.[slurm]'"
@@ -61,12 +61,7 @@ class SlurmConfig:
     @classmethod
     def from_toml(cls, path: str | Path | None = None, **overrides) -> "SlurmConfig":
         """The config file's values (if a path is given), then `overrides` that are not None (the flags)."""
-        raw = tomllib.loads(Path(path).read_text()) if path else {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
-        values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+        values = merged_values(cls, path, overrides)
         if "log_dir" in values:
             values["log_dir"] = Path(values["log_dir"])
         if "setup" in values:
