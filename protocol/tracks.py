@@ -41,6 +41,8 @@ class Dataset:
     num_train_shards: int | None = None  # ClimbMix shards 0..n-1 (+ the val shard), when not listed
     content_hash: str = ""  # protocol.hashing.data_fingerprint of the shards; "" = not pinned yet
     default_dir: str | None = None  # relative to the repository
+    heldout_shards: tuple[str, ...] = ()  # shards of the same source only the server holds (it scores on them too)
+    heldout_hash: str = ""  # protocol.hashing.data_fingerprint of the held-out shards
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,13 @@ def track_from_dict(raw: dict, path: Path | None = None) -> Track:
         provisional=raw.get("provisional", True),
         price_per_hour=float(raw["price_per_hour"]),
         hardware=Hardware(**raw["hardware"]),
-        dataset=Dataset(**{**raw["dataset"], "shards": tuple(raw["dataset"].get("shards", ()))}),
+        dataset=Dataset(
+            **{
+                **raw["dataset"],
+                "shards": tuple(raw["dataset"].get("shards", ())),
+                "heldout_shards": tuple(raw["dataset"].get("heldout_shards", ())),
+            }
+        ),
         tokenizer=TokenizerSpec(**raw["tokenizer"]),
         target=Target(**raw["target"]),
         recipe=dict(raw["recipe"]),

@@ -7,19 +7,23 @@
 
 The golden model (shared/golden/model/perturbed.safetensors: sequence_len 256, vocab 4096, 4 layers)
 scores val bpb 6.2985459 on 4 batches of 4x256 tokens of shared/data/pretrain's val shard with the
-golden tokenizer: the "claimed" value every honest bundle carries. `tamper=` makes the bundles the
-verifier must reject: "metric", "step_times", "step_times_consistent", "baseline_hash", "pickle".
+golden tokenizer: the "claimed" value every honest bundle carries. Each bundle's weights are the golden
+model's with one input-embedding row of a special token (never in the val text) changed by its run id:
+distinct tensors (one model, one run), the same val bpb. `tamper=` makes the bundles the verifier must
+reject: "metric", "step_times", "step_times_consistent", "baseline_hash"; "pickle" the upload refuses.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
-import shutil
 import socket
 import threading
 import time
 from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 
 from leaderboard.settings import REPO, Settings, TrackResources
 from protocol.hashing import ALL_FILES, NOT_CONTENT, code_hashes, tree_hash
@@ -100,6 +104,33 @@ def server_settings(directory: Path, *, database_url: str | None = None, **overr
     )
 
 
+def distinct_weights(src: Path, dst: Path, salt: str) -> None:
+    """The golden weights with the last special token's input embedding set from `salt`: that token never occurs
+    in the val text, so the model scores the same, but its tensors (and their content hash) are its own."""
+    tensors = load_file(src)
+    digest = hashlib.sha256(salt.encode()).digest()
+    row = tensors["transformer.wte.weight"][-1]
+    for i, byte in enumerate(digest[: row.numel()]):
+        row[i] = (byte - 128) / 256
+    save_file(tensors, dst)
+
+
+def end_event(events: list[dict], n_steps: int) -> dict:
+    """The trainer's closing line (baseline/train.py: TrainResult), from the step events it follows."""
+    train = sum(e["dt_s"] for e in events if e["event"] == "step" and e["step"] > 10)
+    return {
+        "event": "end",
+        "status": "completed",
+        "step": n_steps,
+        "num_iterations": n_steps,
+        "train_time_s": train,
+        "warmup_time_s": sum(e["dt_s"] for e in events if e["event"] == "step" and e["step"] <= 10),
+        "val_bpb": GOLDEN_BPB,
+        "checkpoint": f"checkpoints/step_{n_steps:06d}",
+        "wall": events[-1]["wall"] + 0.5,
+    }
+
+
 def _events(n_steps: int, dt_s: float, t0: float, seed: int) -> list[dict]:
     events, wall, total = [], t0, 0.0
     for step in range(n_steps):
@@ -175,6 +206,7 @@ def make_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     t0 = 1_700_000_000.0 + 1000 * seed
     events = _events(n_steps, dt_s, t0, seed)
+    honest_end = end_event(events, n_steps)
     train_time_s = events[-2]["train_time_s"]
     cache = provenance_cache if provenance_cache is not None else {}
     if "code" not in cache:
@@ -192,6 +224,7 @@ def make_bundle(
                 e["dt_s"] *= 0.5  # wall stamps untouched: the gaps now show the missing time
         if tamper == "step_times_consistent":
             train_time_s = sum(e["dt_s"] for e in events if e["event"] == "step" and e["step"] > 10)
+            honest_end = end_event(events, n_steps)
     elif tamper is not None and tamper != "pickle":
         raise ValueError(f"unknown tamper {tamper!r}")
     record = {
@@ -267,6 +300,7 @@ def make_bundle(
         name: directory / name
         for name in ("record.json", "events.jsonl", "telemetry.jsonl", "model.safetensors", "meta.json", "train.log")
     }
+    events.append(honest_end)
     paths["record.json"].write_text(json.dumps(record, indent=1))
     paths["events.jsonl"].write_text("".join(json.dumps(e) + "\n" for e in events))
     paths["telemetry.jsonl"].write_text("".join(json.dumps(r) + "\n" for r in _telemetry(t0, events[-1]["wall"])))
@@ -275,7 +309,7 @@ def make_bundle(
     if tamper == "pickle":
         paths["model.safetensors"].write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
     else:
-        shutil.copyfile(GOLDEN_WEIGHTS, paths["model.safetensors"])
+        distinct_weights(GOLDEN_WEIGHTS, paths["model.safetensors"], salt=run_id)
     return paths
 
 

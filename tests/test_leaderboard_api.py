@@ -79,7 +79,7 @@ def golden_bundles(tmp_path_factory) -> dict[str, dict[str, Path]]:
     out = {
         f"r{i}": fixtures.make_bundle(root / f"r{i}", run_id=f"r{i}", seed=i, provenance_cache=cache) for i in range(3)
     }
-    for tamper in ("metric", "step_times", "step_times_consistent", "baseline_hash", "pickle"):
+    for tamper in ("metric", "step_times", "step_times_consistent", "baseline_hash", "pickle"):  # pickle: 422
         out[tamper] = fixtures.make_bundle(
             root / tamper, run_id=f"t-{tamper}", seed=9, tamper=tamper, provenance_cache=cache
         )
@@ -225,7 +225,7 @@ def test_upload_then_same_bundle_again_is_one_run(env, golden_bundles):
     assert subs[0]["n_runs"] == 1 and subs[0]["link"] == "https://example.org/pr/1"
     detail = env.client.get("/api/runs/r0").json()
     assert detail["record"]["run_id"] == "r0" and set(detail["files"]) >= {"record.json", "model.safetensors"}
-    log = env.client.get("/api/runs/r0/files/train.log")
+    log = env.client.get("/api/runs/r0/files/train.log", headers=env.auth(env.alice))  # the owner may, before
     assert log.status_code == 200 and "test fixture r0" in log.text
 
 
@@ -297,11 +297,16 @@ def test_uploads_over_the_limits_are_413(tmp_path, golden_bundles):
 def test_runs_list_filters(env, golden_bundles):
     for name in ("r0", "r1"):
         assert upload(env, golden_bundles[name], env.alice).status_code == 201
-    assert upload(env, golden_bundles["pickle"], env.bob).status_code == 201
+    assert upload(env, golden_bundles["metric"], env.bob).status_code == 201
     assert len(env.client.get("/api/runs", params={"track": "golden"}).json()) == 3
     assert env.client.get("/api/runs", params={"track": "nope"}).status_code == 404
     assert len(env.client.get("/api/runs", params={"verification": "pending", "limit": 2}).json()) == 2
     assert env.client.get("/api/runs", params={"verification": "maybe"}).status_code == 422
+    assert env.client.get("/api/runs", params={"limit": 500}).status_code == 422  # capped: pages are keyset
+    first = env.client.get("/api/runs", params={"limit": 2})
+    rest = env.client.get("/api/runs", params={"limit": 2, "cursor": first.headers["x-next-cursor"]})
+    assert [r["run_id"] for r in first.json() + rest.json()] == ["t-metric", "r1", "r0"]
+    assert "x-next-cursor" not in rest.headers
     board = env.client.get("/api/tracks/golden/leaderboard").json()
     assert len(board) == 2 and all(s["rank"] is None for s in board)  # nothing verified yet: nothing ranks
 

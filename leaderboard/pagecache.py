@@ -1,0 +1,81 @@
+"""Board reads built once and served as bytes, with an ETag: a repeat costs neither database nor template.
+
+    return await cached_response(request, ("track_page", name), ttl_s, build, "text/html; charset=utf-8")
+
+`build()` runs on the thread pool on a miss and returns the body (str or bytes); hits are served from
+memory without a thread hop. Every response carries a strong ETag (sha256 of the body, cut to 32 hex)
+and `Cache-Control: public, max-age=<ttl>`; a request whose If-None-Match names it gets a 304.
+A value lives Settings.cache_ttl_s (a write in this process clears everything at once: READS.clear()).
+Single flight: once a value has expired, one caller rebuilds it while the others keep getting the stale
+value for that moment, so an expiry under load costs one rebuild, not one per client.
+"""
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+MAX_ENTRIES = 20_000  # run pages are cached per run: bound the memory (~ a few KB each)
+
+
+class ReadCache:
+    """A tiny TTL cache of (body, etag) per key, cleared on any write in this process."""
+
+    def __init__(self):
+        self._data: dict = {}  # key -> (expires at, value)
+        self._refreshing: set = set()
+        self._lock = threading.Lock()
+
+    def get(self, key, ttl_s: float, compute: Callable):
+        if ttl_s <= 0:
+            return compute()
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is not None and (hit[0] > time.monotonic() or key in self._refreshing):
+                return hit[1]
+            self._refreshing.add(key)
+        try:
+            value = compute()
+            with self._lock:
+                if len(self._data) >= MAX_ENTRIES:
+                    self._data.clear()
+                self._data[key] = (time.monotonic() + ttl_s, value)
+            return value
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+
+    async def get_async(self, key, ttl_s: float, compute: Callable):
+        """As get(), for an async endpoint: a hit costs no thread hop; a miss computes on the thread pool."""
+        hit = self._data.get(key) if ttl_s > 0 else None
+        if hit is not None and (hit[0] > time.monotonic() or key in self._refreshing):
+            return hit[1]
+        return await run_in_threadpool(self.get, key, ttl_s, compute)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+READS = ReadCache()
+
+
+def _with_etag(build: Callable) -> Callable[[], tuple[bytes, str]]:
+    def compute() -> tuple[bytes, str]:
+        body = build()
+        body = body.encode() if isinstance(body, str) else body
+        return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+    return compute
+
+
+async def cached_response(request: Request, key, ttl_s: float, build: Callable, media_type: str) -> Response:
+    body, etag = await READS.get_async(key, ttl_s, _with_etag(build))
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max(int(ttl_s), 0)}"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
