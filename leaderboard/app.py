@@ -10,7 +10,9 @@ import logging
 import os
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
 
 from leaderboard import uploads
@@ -33,6 +35,12 @@ def sweep_storage(engine, settings: Settings) -> list[str]:
     return removed
 
 
+async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each problem's place and reason, without echoing the input (a NaN there cannot be JSON)."""
+    detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(
@@ -45,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         version="1",
     )
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.state.settings = settings
     app.state.engine = prepare_database(settings)
     sweep_storage(app.state.engine, settings)

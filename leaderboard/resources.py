@@ -45,7 +45,7 @@ def server_facts(row: TrackRow, settings: Settings) -> ServerFacts:
     tokenizer_dir = _existing(res.tokenizer_dir) or (
         _existing(track_tokenizer_dir(track, data_hash)) if data_hash else None
     )
-    heldout_files, heldout_error = _heldout(track.dataset, res.heldout_dir or data_dir, settings)
+    heldout_files, heldout_error = _heldout(track.dataset, res.heldout_dir or data_dir)
     return ServerFacts(
         code_hashes=_server_code_hashes(str(settings.repo_root)),
         frozen_packages=tuple(settings.frozen_packages),
@@ -63,11 +63,11 @@ def server_facts(row: TrackRow, settings: Settings) -> ServerFacts:
         time_abs_tolerance_s=settings.time_abs_tolerance_s,
         heldout_files=heldout_files,
         heldout_error=heldout_error,
-        heldout_gap_bpb=settings.heldout_gap_bpb,
+        heldout_gap_bpb=settings.heldout_gap_bpb if res.heldout_gap_bpb is None else res.heldout_gap_bpb,
     )
 
 
-def _heldout(dataset, directory: Path | None, settings: Settings) -> tuple[tuple[Path, ...], str | None]:
+def _heldout(dataset, directory: Path | None) -> tuple[tuple[Path, ...], str | None]:
     """(the server's held-out shards, why not): the pinned names, found and fingerprinted as pinned."""
     names = dataset.heldout_shards
     if not names:

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 class TrackResources(BaseModel):
     data_dir: Path | None = None  # pretraining shards; the last one is the val split
     heldout_dir: Path | None = None  # the track's held-out shards (Dataset.heldout_shards); default: data_dir
+    heldout_gap_bpb: float | None = None  # this track's flag threshold (default: Settings.heldout_gap_bpb)
     tokenizer_dir: Path | None = None
     eval_bundle: Path | None = None  # CORE bundle, for tracks judged by CORE
 
@@ -68,7 +69,9 @@ class Settings(BaseSettings):
     # Held-out scoring (trust issue #11): a model whose held-out bpb exceeds its val bpb by more than this is
     # flagged for an admin's review before it ranks. A fixed gap, not 3x the seed σ: the seed σ measures how runs
     # differ (cpu-books: 0.059, so 3σ = 0.18 would let a model that learned much of the val shard through), while
-    # an honest model scores the val and held-out shards of one source alike (see tests/test_leaderboard_heldout.py).
+    # an honest model's gap is a property of the two shards and the eval budget, the same for every honest run.
+    # Measure it per track and set TrackResources.heldout_gap_bpb above it: the golden model at 4096 tokens scores
+    # shard 2 0.031 and shard 0 0.019 above the val shard, but shard 3 0.34 (another book), so pin a close shard.
     heldout_gap_bpb: float = 0.05
     # Registrations (every seed counted): a registered run not uploaded within this many hours is a miss.
     registration_hours: float = 72.0
