@@ -2,9 +2,10 @@
 
     return await cached_response(request, ("track_page", name), ttl_s, build, "text/html; charset=utf-8")
 
-`build()` runs on the thread pool on a miss and returns the body (str or bytes); hits are served from
-memory without a thread hop. Every response carries a strong ETag (sha256 of the body, cut to 32 hex)
-and `Cache-Control: public, max-age=<ttl>`; a request whose If-None-Match names it gets a 304.
+`build()` runs on the thread pool on a miss and returns the body (str or bytes), or (body, headers) for
+headers that belong to it (a next-page cursor); hits are served from memory without a thread hop.
+Every response carries a strong ETag (sha256 of the body, cut to 32 hex) and `Cache-Control: public,
+max-age=<ttl>`; a request whose If-None-Match names it gets a 304.
 A value lives Settings.cache_ttl_s (a write in this process clears everything at once: READS.clear()).
 Single flight: once a value has expired, one caller rebuilds it while the others keep getting the stale
 value for that moment, so an expiry under load costs one rebuild, not one per client.
@@ -64,18 +65,19 @@ class ReadCache:
 READS = ReadCache()
 
 
-def _with_etag(build: Callable) -> Callable[[], tuple[bytes, str]]:
-    def compute() -> tuple[bytes, str]:
-        body = build()
+def _with_etag(build: Callable, ttl_s: float) -> Callable[[], tuple[bytes, dict]]:
+    def compute() -> tuple[bytes, dict]:
+        built = build()
+        body, extra = built if isinstance(built, tuple) else (built, {})
         body = body.encode() if isinstance(body, str) else body
-        return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        return body, {"ETag": etag, "Cache-Control": f"public, max-age={max(int(ttl_s), 0)}", **extra}
 
     return compute
 
 
 async def cached_response(request: Request, key, ttl_s: float, build: Callable, media_type: str) -> Response:
-    body, etag = await READS.get_async(key, ttl_s, _with_etag(build))
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max(int(ttl_s), 0)}"}
-    if etag in request.headers.get("if-none-match", ""):
+    body, headers = await READS.get_async(key, ttl_s, _with_etag(build, ttl_s))
+    if headers["ETag"] in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)

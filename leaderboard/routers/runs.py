@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
+from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -23,6 +24,7 @@ from starlette.datastructures import UploadFile
 from leaderboard import crud, ranking, uploads
 from leaderboard.deps import CurrentSubmitter, OptionalSubmitter, SessionDep, SettingsDep, open_session
 from leaderboard.models import RunDetail, RunPublic, Submitter, TrackRow
+from leaderboard.pagecache import cached_response
 from leaderboard.routers.tracks import track_or_404
 from protocol.bundle import MEMBERS
 from protocol.record import RunRecord
@@ -45,6 +47,7 @@ MEDIA = {
     ".safetensors": "application/octet-stream",
 }
 MAX_LIMIT = 100
+RUNS, DETAIL = TypeAdapter(list[RunPublic]), TypeAdapter(RunDetail)
 # The multipart body, for the OpenAPI schema (the route parses the form itself, after the token check).
 _FILE = {"type": "string", "format": "binary"}
 UPLOAD_BODY = {
@@ -210,28 +213,36 @@ def _existing(session, staged: uploads.StagedBundle, submitter_id: int) -> RunPu
     return crud.run_public(session, run=run)
 
 
-@router.get("", summary="Runs, newest first (keyset pages: pass the X-Next-Cursor header back as `cursor`)")
-def read_runs(
-    session: SessionDep,
-    response: Response,
+@router.get(
+    "",
+    summary="Runs, newest first (keyset pages: pass the X-Next-Cursor header back as `cursor`)",
+    response_model=list[RunPublic],
+    responses={404: {"description": "No such track"}},
+)
+async def read_runs(
+    request: Request,
+    settings: SettingsDep,
     track: str | None = Query(None, max_length=100),
     submission_id: int | None = Query(None, ge=0, le=2**31 - 1),
     verification: Literal["pending", "verified", "rejected", "error", "missed"] | None = None,
     limit: int = Query(50, ge=1, le=MAX_LIMIT),
-    cursor: Annotated[str | None, Query(max_length=80, pattern=r"^[0-9]+$")] = None,
-) -> list[RunPublic]:
-    track_row: TrackRow | None = track_or_404(session, track) if track is not None else None
-    runs, next_cursor = crud.list_runs(
-        session,
-        track=track_row,
-        submission_id=submission_id,
-        verification=verification,
-        limit=limit,
-        before_id=int(cursor) if cursor else None,
-    )
-    if next_cursor is not None:
-        response.headers["X-Next-Cursor"] = str(next_cursor)
-    return runs
+    cursor: Annotated[str | None, Query(max_length=18, pattern=r"^[0-9]+$")] = None,
+) -> Response:
+    def build():
+        with open_session(request) as session:
+            track_row: TrackRow | None = track_or_404(session, track) if track is not None else None
+            runs, next_cursor = crud.list_runs(
+                session,
+                track=track_row,
+                submission_id=submission_id,
+                verification=verification,
+                limit=limit,
+                before_id=int(cursor) if cursor else None,
+            )
+        return RUNS.dump_json(runs), ({"X-Next-Cursor": str(next_cursor)} if next_cursor is not None else {})
+
+    key = ("runs", track, submission_id, verification, limit, cursor)
+    return await cached_response(request, key, settings.cache_ttl_s, build, "application/json")
 
 
 def run_or_404(session, run_id: str):
@@ -244,10 +255,15 @@ def run_or_404(session, run_id: str):
 @router.get(
     "/{run_id}",
     summary="One run: record, verification and every check",
+    response_model=RunDetail,
     responses={404: {"description": "No such run"}},
 )
-def read_run(run_id: str, session: SessionDep) -> RunDetail:
-    return crud.run_detail(session, run=run_or_404(session, run_id))
+async def read_run(run_id: str, request: Request, settings: SettingsDep) -> Response:
+    def build() -> bytes:
+        with open_session(request) as session:
+            return DETAIL.dump_json(crud.run_detail(session, run=run_or_404(session, run_id)))
+
+    return await cached_response(request, ("run", run_id), settings.cache_ttl_s, build, "application/json")
 
 
 @router.get(
