@@ -37,7 +37,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session, select
 
 UNLIMITED = "1000000/minute"  # the limiter runs (its cost is measured) but never refuses one address
@@ -45,6 +45,7 @@ UNLIMITED = "1000000/minute"  # the limiter runs (its cost is measured) but neve
 
 def populate(settings, n_runs: int, n_submissions: int) -> list[str]:
     """n_runs verified runs over n_submissions submissions of the golden track; returns the run ids."""
+    from leaderboard.crud import RUN_DETAIL, run_detail
     from leaderboard.db import prepare_database
     from leaderboard.models import Run, Submission, Submitter, TrackRow, Verification, utcnow
     from leaderboard.ranking import update_standing
@@ -131,6 +132,15 @@ def populate(settings, n_runs: int, n_submissions: int) -> list[str]:
         session.commit()
         for sub in subs:
             update_standing(session, track=track, submission_id=sub.id)
+        # What the server stores at upload and verification: each run's API answer, built once.
+        details = [
+            {"pk": run.id, "detail": RUN_DETAIL.dump_json(run_detail(session, run=run)).decode()}
+            for run in session.exec(select(Run)).all()
+        ]
+        session.connection().execute(
+            update(Run).where(Run.id == bindparam("pk")).values(detail=bindparam("detail")), details
+        )
+        session.commit()
     return run_ids
 
 

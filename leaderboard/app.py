@@ -19,6 +19,7 @@ from leaderboard import uploads
 from leaderboard.db import is_sqlite, prepare_database
 from leaderboard.limits import BodyLimit, RateLimit, body_limits
 from leaderboard.models import Run
+from leaderboard.pagecache import ServeCached
 from leaderboard.routers import admin, chat, pages, registrations, runs, submissions, tracks
 from leaderboard.settings import Settings, database_url, get_settings
 
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(pages.router)
     app.include_router(chat.router)
+    app.add_middleware(ServeCached)  # a fresh cached read is answered before routing
     app.add_middleware(BodyLimit, limits=body_limits(settings))
     app.add_middleware(RateLimit, settings=settings)  # outermost: a limited client costs nothing more
 

@@ -10,6 +10,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from pydantic import TypeAdapter
 from sqlalchemy import func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
@@ -32,6 +33,8 @@ from leaderboard.models import (
 )
 from protocol.record import RunRecord
 from protocol.tracks import Hardware, Track, list_tracks, load_track
+
+RUN_DETAIL = TypeAdapter(RunDetail)
 
 # ------------------------------------------------------------------ tracks
 
@@ -310,6 +313,22 @@ def run_public(session: Session, *, run: Run, verification: Verification | None 
     )
 
 
+def detail_json(session: Session, *, run_id: str) -> str | None:
+    """A run's stored API answer (Run.detail), built now when it was never stored; None for no such run."""
+    stored = session.exec(select(Run.detail).where(Run.run_id == run_id)).first()
+    if stored is not None:
+        return stored
+    run = get_run(session, run_id=run_id)
+    return None if run is None else RUN_DETAIL.dump_json(run_detail(session, run=run)).decode()
+
+
+def store_detail(session: Session, *, run: Run) -> None:
+    """Rebuild and store a run's API answer: called by every write that changes what it says."""
+    run.detail = RUN_DETAIL.dump_json(run_detail(session, run=run)).decode()
+    session.add(run)
+    session.commit()
+
+
 def is_superseded(run_version: int | None, track_version: int) -> bool:
     return run_version is not None and run_version != track_version
 
@@ -347,7 +366,7 @@ def list_runs(
         .join(TrackRow, TrackRow.id == Run.track_id)
         .join(Submission, Submission.id == Run.submission_id)
         .join(Submitter, Submitter.id == Run.submitter_id)
-        .options(defer(Run.record), defer(Run.files), defer(Run.summary))  # a run's own page reads them
+        .options(defer(Run.record), defer(Run.files), defer(Run.summary), defer(Run.detail))  # a run's page reads them
     )
     if track is not None:
         query = query.where(Run.track_id == track.id)
@@ -417,4 +436,5 @@ def reset_verification(session: Session, *, run: Run) -> Verification:
     session.add(verification)
     session.commit()
     session.refresh(verification)
+    store_detail(session, run=run)
     return verification

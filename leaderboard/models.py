@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 CHECK_OUTCOMES = ("pass", "fail", "skip", "error", "flag")  # error: the server could not run it (retried); flag: review
@@ -168,6 +168,7 @@ class Run(RunBase, table=True):
     files: dict | None = _json()  # bundle member -> {"size", "sha256"}
     record: dict | None = _json()  # the raw record.json
     summary: dict | None = _json()  # leaderboard.summary: the bounded series a run page draws, made at upload
+    detail: str | None = Field(default=None, sa_type=Text)  # RunDetail's JSON, rebuilt on every change to the run
 
 
 class CheckPublic(SQLModel):

@@ -1,6 +1,10 @@
 """Board reads built once and served as bytes, with an ETag: a repeat costs neither database nor template.
 
-    return await cached_response(request, ("track_page", name), ttl_s, build, "text/html; charset=utf-8")
+    return await cached_response(request, ttl_s, build, "text/html; charset=utf-8")    # in a GET route
+    app.add_middleware(ServeCached)       # a fresh hit is answered here, before routing and dependencies
+
+Values are keyed by the request's path and query string, so the middleware can answer a repeat
+without entering FastAPI at all (what makes a cached read cost ~0.1 ms rather than ~1 ms).
 
 `build()` runs on the thread pool on a miss and returns the body (str or bytes), or (body, headers) for
 headers that belong to it (a next-page cursor); hits are served from memory without a thread hop.
@@ -19,6 +23,7 @@ from collections.abc import Callable
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_ENTRIES = 20_000  # run pages are cached per run: bound the memory (~ a few KB each)
 
@@ -50,6 +55,13 @@ class ReadCache:
             with self._lock:
                 self._refreshing.discard(key)
 
+    def fresh(self, key):
+        """The value of `key` while it has not expired (or is being rebuilt), else None; never computes."""
+        hit = self._data.get(key)
+        if hit is not None and (hit[0] > time.monotonic() or key in self._refreshing):
+            return hit[1]
+        return None
+
     async def get_async(self, key, ttl_s: float, compute: Callable):
         """As get(), for an async endpoint: a hit costs no thread hop; a miss computes on the thread pool."""
         hit = self._data.get(key) if ttl_s > 0 else None
@@ -65,19 +77,46 @@ class ReadCache:
 READS = ReadCache()
 
 
-def _with_etag(build: Callable, ttl_s: float) -> Callable[[], tuple[bytes, dict]]:
+def _with_etag(build: Callable, ttl_s: float, media_type: str) -> Callable[[], tuple[bytes, dict]]:
     def compute() -> tuple[bytes, dict]:
         built = build()
         body, extra = built if isinstance(built, tuple) else (built, {})
         body = body.encode() if isinstance(body, str) else body
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        return body, {"ETag": etag, "Cache-Control": f"public, max-age={max(int(ttl_s), 0)}", **extra}
+        cache = f"public, max-age={max(int(ttl_s), 0)}"
+        return body, {"ETag": etag, "Cache-Control": cache, "Content-Type": media_type, **extra}
 
     return compute
 
 
-async def cached_response(request: Request, key, ttl_s: float, build: Callable, media_type: str) -> Response:
-    body, headers = await READS.get_async(key, ttl_s, _with_etag(build, ttl_s))
+def _key(path: str, query: bytes | str):
+    return path, query.decode("latin-1") if isinstance(query, bytes) else query
+
+
+async def cached_response(request: Request, ttl_s: float, build: Callable, media_type: str) -> Response:
+    key = _key(request.url.path, request.url.query)
+    body, headers = await READS.get_async(key, ttl_s, _with_etag(build, ttl_s, media_type))
     if headers["ETag"] in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type=media_type, headers=headers)
+    return Response(body, headers=headers)
+
+
+class ServeCached:
+    """Answers a GET whose path and query have a fresh cached value, before the app sees it (304 or 200)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send):
+        if scope["type"] == "http" and scope["method"] == "GET":
+            hit = READS.fresh(_key(scope["path"], scope.get("query_string", b"")))
+            if hit is not None:
+                body, headers = hit
+                wanted = dict(scope.get("headers") or []).get(b"if-none-match", b"").decode("latin-1")
+                status, body = (304, b"") if headers["ETag"] in wanted else (200, body)
+                raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+                raw.append((b"content-length", str(len(body)).encode()))
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -18,6 +18,7 @@ the cache at once; the worker is another process, so a verification shows on the
 
 import math
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from leaderboard.models import (
@@ -173,7 +174,10 @@ def _maybe_new_record(session: Session, *, track: TrackRow, standing: Standing) 
 
 
 def refresh_track(session: Session, *, track: TrackRow) -> None:
-    """Recompute every standing of a track (its version changed: the old version's runs no longer count)."""
+    """Recompute every standing of a track (its version changed: the old version's runs no longer count) and
+    forget its runs' stored answers (they now say superseded: crud.detail_json rebuilds them on read)."""
+    session.exec(update(Run).where(Run.track_id == track.id).values(detail=None))
+    session.commit()
     for submission_id in set(session.exec(select(Run.submission_id).where(Run.track_id == track.id)).all()):
         update_standing(session, track=track, submission_id=submission_id)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
-from leaderboard import isolation, ranking
+from leaderboard import crud, isolation, ranking
 from leaderboard.checks import CheckResult
 from leaderboard.db import prepare_database
 from leaderboard.models import Check, Run, TrackRow, Verification, utcnow
@@ -187,6 +187,7 @@ def verify(session: Session, *, job: Verification, settings: Settings, worker_id
         job.flag = "; ".join(flags) or None
     session.add(job)
     session.commit()
+    crud.store_detail(session, run=run)
     ranking.update_standing(session, track=track, submission_id=run.submission_id)
     session.refresh(job)
     why = "; ".join(failed or errors or flags)
@@ -208,6 +209,7 @@ def _give_up(engine, job_id: int, error: str, settings: Settings) -> None:
             job.not_before = utcnow() + timedelta(seconds=settings.retry_after_s)
         session.add(job)
         session.commit()
+        crud.store_detail(session, run=session.get(Run, job.run_pk))
 
 
 def verify_worker(

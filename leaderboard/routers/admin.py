@@ -81,6 +81,7 @@ def clear_flag(run_id: str, session: SessionDep, admin: CurrentAdmin) -> Verific
     verification.flag_cleared_by = admin.name
     session.add(verification)
     session.commit()
+    crud.store_detail(session, run=run)
     ranking.update_standing(session, track=session.get(TrackRow, run.track_id), submission_id=run.submission_id)
     session.refresh(verification)
     return VerificationPublic.model_validate(verification, update={"reasons": verification.reasons or []})

@@ -81,7 +81,7 @@ async def index(request: Request, settings: SettingsDep):
                 rows.append({"track": crud.track_public(track), "runs": runs.get(track.id, 0), "record": record})
             return render("index.html", rows=rows)
 
-    return await cached_response(request, ("index",), settings.cache_ttl_s, build, HTML)
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)
 
 
 @router.get("/tracks/{name}", response_class=HTMLResponse)
@@ -105,7 +105,7 @@ async def track_page(name: str, request: Request, settings: SettingsDep):
                 "track.html", track=crud.track_public(track), board=board, records=records, chart=chart, recent=recent
             )
 
-    return await cached_response(request, ("track_page", name), settings.cache_ttl_s, build, HTML)
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)
 
 
 def loss_chart(summary: dict) -> Markup:
@@ -160,7 +160,7 @@ async def run_page(run_id: str, request: Request, settings: SettingsDep):
                 telemetry_charts=telemetry_charts(summary),
             )
 
-    return await cached_response(request, ("run_page", run_id), settings.cache_ttl_s, build, HTML)
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)
 
 
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse)
@@ -175,4 +175,4 @@ async def submission_page(submission_id: int, request: Request, settings: Settin
                 "submission.html", submission=crud.submission_public(session, submission=submission), runs=runs
             )
 
-    return await cached_response(request, ("submission_page", submission_id), settings.cache_ttl_s, build, HTML)
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)

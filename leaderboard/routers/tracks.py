@@ -43,7 +43,7 @@ async def read_leaderboard(name: str, request: Request, settings: SettingsDep) -
             return BOARD.dump_json(ranking.leaderboard(session, track=track_or_404(session, name)))
 
     # Cached as bytes with an ETag: a hit touches neither the database nor pydantic.
-    return await cached_response(request, ("leaderboard", name), settings.cache_ttl_s, build, "application/json")
+    return await cached_response(request, settings.cache_ttl_s, build, "application/json")
 
 
 @router.get(
@@ -57,4 +57,4 @@ async def read_records(name: str, request: Request, settings: SettingsDep) -> Re
         with open_session(request) as session:
             return RECORDS.dump_json(ranking.record_history(session, track=track_or_404(session, name)))
 
-    return await cached_response(request, ("records", name), settings.cache_ttl_s, build, "application/json")
+    return await cached_response(request, settings.cache_ttl_s, build, "application/json")

@@ -1,8 +1,9 @@
 """One model one run, registrations, held-out scores, token expiry, page summaries, superseded versions.
 
 - run: `weights_sha256` (unique: the same tensors never rank twice), `track_version` (back-filled from
-  the track the run was filed under), `summary` (the bounded series a run page draws); `seed` and
-  `steps` widen to BIGINT (a record allows seeds up to 2**63).
+  the track the run was filed under), `summary` (the bounded series a run page draws), `detail` (the
+  run's API answer, rebuilt on every change: NULL is built on read); `seed` and `steps` widen to
+  BIGINT (a record allows seeds up to 2**63).
 - verification: the held-out bpb, a review flag and who cleared it.
 - standing: registered and missed runs.
 - apitoken: `expires_at` (existing tokens keep none: revoke them to retire them).
@@ -29,6 +30,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("weights_sha256", sa.String(64), nullable=True))
         batch.add_column(sa.Column("track_version", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("summary", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("detail", sa.Text(), nullable=True))
         batch.create_index("ix_run_weights_sha256", ["weights_sha256"], unique=True)
     if op.get_bind().dialect.name != "sqlite":  # SQLite's INTEGER is already 64-bit (and a copy would trip the FKs)
         op.alter_column("run", "seed", type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=True)
@@ -76,5 +78,5 @@ def downgrade() -> None:
         op.alter_column("run", "seed", type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=True)
     with op.batch_alter_table("run") as batch:
         batch.drop_index("ix_run_weights_sha256")
-        for column in ("summary", "track_version", "weights_sha256"):
+        for column in ("detail", "summary", "track_version", "weights_sha256"):
             batch.drop_column(column)
