@@ -7,7 +7,9 @@ branch) changes nothing else. The limits are setrlimit's, applied in the child b
 RLIMIT_DATA (heap and anonymous mappings, where torch's tensors live; RLIMIT_AS would also count the
 address space CUDA and the allocator reserve, and break torch), RLIMIT_CPU, RLIMIT_FSIZE (the child
 writes nothing but its answer to a pipe) and no core dumps; a wall-clock timeout kills its whole process
-group. Whatever the child does, the caller gets its stdout or a ChildFailed with a one-line reason.
+group. It runs niced, with Settings.verify_threads torch threads: on a machine that also serves the
+board, a verification takes what the server leaves. Whatever the child does, the caller gets its stdout
+or a ChildFailed with a one-line reason.
 """
 
 import os
@@ -27,6 +29,8 @@ class Limits:
     cpu_s: int
     wall_s: float
     file_bytes: int
+    nice: int = 10  # background work: the web server on the same machine comes first
+    threads: int | None = None  # torch's threads in the child (None: torch's default, every core)
 
 
 class ChildFailed(RuntimeError):
@@ -43,14 +47,19 @@ def _apply(limits: Limits) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.nice(limits.nice)
 
     return preexec
 
 
 def launch(args: list[str], limits: Limits) -> subprocess.Popen:
     """Start `python args...` under `limits`, in its own process group, with pipes for stdin/stdout/stderr."""
+    env = dict(os.environ)
+    if limits.threads:
+        env["OMP_NUM_THREADS"] = str(limits.threads)  # torch reads it at import for its intra-op threads
     return subprocess.Popen(
         [sys.executable, *args],
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     verify_cpu_s: int = 4 * 3600  # RLIMIT_CPU
     verify_wall_s: float = 3600.0  # killed after this, whatever it is doing
     verify_file_bytes: int = 64 * 1024**2  # RLIMIT_FSIZE: the child writes nothing but its answer
+    verify_threads: int | None = 1  # torch threads of a CPU verification (None: every core); it runs niced
     # Held-out scoring (trust issue #11): a model whose held-out bpb exceeds its val bpb by more than this is
     # flagged for an admin's review before it ranks. A fixed gap, not 3x the seed σ: the seed σ measures how runs
     # differ (cpu-books: 0.059, so 3σ = 0.18 would let a model that learned much of the val shard through), while

@@ -119,6 +119,7 @@ def limits_of(settings: Settings) -> isolation.Limits:
         cpu_s=settings.verify_cpu_s,
         wall_s=settings.verify_wall_s,
         file_bytes=settings.verify_file_bytes,
+        threads=settings.verify_threads,
     )
 
 

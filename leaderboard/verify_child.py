@@ -11,6 +11,7 @@ could make expensive, kept in a process the worker can lose. A check that raises
 (the server's fault, retried) or a "fail" (the bundle's), never a crash without an answer.
 """
 
+import errno
 import json
 import sys
 import traceback
@@ -46,19 +47,36 @@ def run_checks(job: dict) -> tuple[list[checks.CheckResult], dict]:
     if model_config is None:
         results.append(checks.CheckResult("metric", "skip", "not recomputed: the weights could not be read safely"))
         return results, recomputed
+    metric_results, values = _metric(record, bundle_dir, track, facts)
+    return results + metric_results, recomputed | values
+
+
+def out_of_memory(e: BaseException | None) -> bool:
+    """Whether `e` or what caused it is the limit's doing (a MemoryError, or an mmap/alloc refused with ENOMEM),
+    however a library re-raised it (baseline.checkpoint reports a failed mmap as a corrupt file)."""
+    while e is not None:
+        if isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
+            return True
+        if "Cannot allocate memory" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _metric(record, bundle_dir: Path, track, facts) -> tuple[list[checks.CheckResult], dict]:
+    """check_metric, its failures as results: the memory limit's and the server's are errors (retried, then an
+    admin's), the bundle's own (a ValueError: corrupt tensors, a vocab the tokenizer lacks) fail it."""
     try:
-        metric_results, values = checks.check_metric(record, bundle_dir, track, facts)
-        results += metric_results
-        recomputed |= values
-    except MemoryError:
-        why = "the model needs more memory than the server's verification limit (Settings.verify_memory_bytes)"
-        results.append(checks.CheckResult("metric", "error", why))
-    except ValueError as e:  # the bundle's fault: corrupt tensors, a vocab that does not fit the tokenizer
-        results.append(checks.CheckResult("metric", "fail", f"the model could not be evaluated: {redact(str(e))}"))
-    except Exception as e:  # noqa: BLE001 -- the server's fault (missing files, a bug): an error, retried
+        return checks.check_metric(record, bundle_dir, track, facts)
+    except Exception as e:  # noqa: BLE001 -- every failure becomes a result; none ends the child without one
+        if out_of_memory(e):
+            why = "the model needs more memory than the server's verification limit (Settings.verify_memory_bytes)"
+            return [checks.CheckResult("metric", "error", why)], {}
+        if isinstance(e, ValueError):
+            return [checks.CheckResult("metric", "fail", f"the model could not be evaluated: {redact(str(e))}")], {}
         trace = redact(traceback.format_exc(limit=5))
-        results.append(checks.CheckResult("metric", "error", redact(f"{type(e).__name__}: {e}"), {"traceback": trace}))
-    return results, recomputed
+        why = redact(f"{type(e).__name__}: {e}")
+        return [checks.CheckResult("metric", "error", why, {"traceback": trace})], {}
 
 
 def main() -> None:

@@ -156,42 +156,47 @@ def _insert(session, response, settings, submitter, staged: uploads.StagedBundle
         first = crud.run_with_weights(session, weights_sha256=staged.weights_sha256)
         if first is not None:
             raise HTTPException(409, detail=crud.same_weights_reason(session, first))
-    try:
-        submission = crud.get_or_create_submission(
-            session,
-            submitter=submitter,
-            name=record.submission.name,
-            code_hash=record.submission.hash,
-            description=description,
-            link=link,
-        )
-        run = crud.create_run(
-            session,
-            record=record,
-            bundle_sha256=staged.sha256,
-            weights_sha256=staged.weights_sha256,
-            files=staged.files,
-            summary=staged.summary,
-            track=track,
-            submission=submission,
-            submitter=submitter,
-            missed=staged.is_miss,
-        )
-        uploads.store(staged, storage_dir=settings.storage_dir)  # files move only once the row is in
-        session.commit()
-    except IntegrityError:  # the same run_id or weights were inserted concurrently
-        session.rollback()
-        existing = _existing(session, staged, submitter.id)
-        if existing is None:
-            raise HTTPException(
-                409, detail=f"run {record.run_id} or its weights were just uploaded by someone else"
-            ) from None
-        response.status_code = 200
-        return existing
-    except BaseException:
-        session.rollback()
-        crud.remove_unreferenced_bundle(session, settings.storage_dir, staged.sha256)
-        raise
+    for attempt in (1, 2):
+        try:
+            submission = crud.get_or_create_submission(
+                session,
+                submitter=submitter,
+                name=record.submission.name,
+                code_hash=record.submission.hash,
+                description=description,
+                link=link,
+            )
+            run = crud.create_run(
+                session,
+                record=record,
+                bundle_sha256=staged.sha256,
+                weights_sha256=staged.weights_sha256,
+                files=staged.files,
+                summary=staged.summary,
+                track=track,
+                submission=submission,
+                submitter=submitter,
+                missed=staged.is_miss,
+            )
+            uploads.store(staged, storage_dir=settings.storage_dir)  # files move only once the row is in
+            session.commit()
+            break
+        except IntegrityError:  # a concurrent upload inserted the same run, weights or a new submission first
+            session.rollback()
+            crud.remove_unreferenced_bundle(session, settings.storage_dir, staged.sha256)
+            existing = _existing(session, staged, submitter.id)
+            if existing is not None:
+                response.status_code = 200
+                return existing
+            first = crud.run_with_weights(session, weights_sha256=staged.weights_sha256 or "")
+            if first is not None:
+                raise HTTPException(409, detail=crud.same_weights_reason(session, first)) from None
+            if attempt == 2:
+                raise HTTPException(409, detail=f"run {record.run_id} conflicts with a concurrent upload") from None
+        except BaseException:
+            session.rollback()
+            crud.remove_unreferenced_bundle(session, settings.storage_dir, staged.sha256)
+            raise
     session.refresh(run)
     crud.store_detail(session, run=run)
     ranking.update_standing(session, track=track, submission_id=submission.id)
