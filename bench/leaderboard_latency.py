@@ -312,6 +312,7 @@ def main(argv=None) -> None:
     p.add_argument("--database-url", default=None, help="an empty PostgreSQL to use instead of SQLite")
     p.add_argument("--mixed", action="store_true", help="also upload bundles and run a verify worker")
     p.add_argument("--uploaders", type=int, default=2)
+    p.add_argument("--no-worker", action="store_true", help="--mixed without the verify worker (uploads only)")
     p.add_argument("--bundles", type=int, default=24, help="bundles made for the uploaders (each ~11 MB)")
     p.add_argument("--client-procs", type=int, default=1, help="split the clients over this many processes")
     p.add_argument("--uvloop-client", action="store_true", help="the clients' event loop is uvloop's")
@@ -369,13 +370,14 @@ def main(argv=None) -> None:
         try:
             wait_up(base, server)
             threads = []
-            if args.mixed:
+            if args.mixed and not args.no_worker:
                 worker_cmd = [
                     sys.executable,
                     "-c",
                     "from leaderboard.verifier import verify_worker; verify_worker(poll_s=1)",
                 ]
                 worker = subprocess.Popen(worker_cmd, env=env)
+            if args.mixed:
                 deadline = time.monotonic() + args.seconds
                 threads = [
                     threading.Thread(target=upload_loop, args=(base, token, bundles, deadline, uploads, errors))

@@ -6,7 +6,7 @@
 Values are keyed by the request's path and query string, so the middleware can answer a repeat
 without entering FastAPI at all (what makes a cached read cost ~0.1 ms rather than ~1 ms).
 
-`build()` runs on a miss and returns the body (str or bytes), or (body, headers) for
+`build()` runs on a builder thread on a miss and returns the body (str or bytes), or (body, headers) for
 headers that belong to it (a next-page cursor); hits are served from memory without a thread hop.
 Every response carries a strong ETag (sha256 of the body, cut to 32 hex) and `Cache-Control: public,
 max-age=<ttl>`; a request whose If-None-Match names it gets a 304.
@@ -15,16 +15,19 @@ Single flight: once a value has expired, one caller rebuilds it while the others
 value for that moment, so an expiry under load costs one rebuild, not one per client.
 """
 
+import asyncio
 import hashlib
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_ENTRIES = 20_000  # run pages are cached per run: bound the memory (~ a few KB each)
+BUILDERS = ThreadPoolExecutor(4, thread_name_prefix="page-build")
 
 
 class ReadCache:
@@ -62,15 +65,15 @@ class ReadCache:
         return None
 
     async def get_async(self, key, ttl_s: float, compute: Callable):
-        """As get(), for an async endpoint: a hit costs no thread hop; a miss computes on the event loop itself.
+        """As get(), for an async endpoint: a hit costs no thread hop; a miss computes on BUILDERS.
 
-        The builds are indexed reads and a template (~1-10 ms): handing each to the thread pool costs more
-        under load (every hop is a GIL hand-over, and a hundred waiting threads make a convoy) than
-        holding the loop for it."""
+        A few builder threads, not the request pool: a build can wait on the database (SQLite makes a
+        reader wait while a writer resets its log), which must never hold the event loop, and a hundred
+        threads contending for the GIL at once would make a convoy of every read."""
         hit = self._data.get(key) if ttl_s > 0 else None
         if hit is not None and (hit[0] > time.monotonic() or key in self._refreshing):
             return hit[1]
-        return self.get(key, ttl_s, compute)
+        return await asyncio.get_running_loop().run_in_executor(BUILDERS, self.get, key, ttl_s, compute)
 
     def clear(self) -> None:
         with self._lock:
