@@ -335,3 +335,23 @@ def test_submit_packs_a_run_directory_and_uploads_it(env, golden_bundles, tmp_pa
     assert client.submit([run_dir], "http://lb", env.alice)[0]["run_id"] == "r2"  # again: 200, the same run
     with pytest.raises(client.SubmitError, match="401"):
         client.submit([run_dir], "http://lb", "sr_wrong")
+
+
+def test_board_reads_carry_an_etag_and_answer_a_repeat_with_304(tmp_path, golden_bundles):
+    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'lb.db'}", cache_ttl_s=60.0)
+    assert upload(env, golden_bundles["r0"], env.alice).status_code == 201
+    for path in (
+        "/api/tracks/golden/leaderboard",
+        "/tracks/golden",
+        "/api/runs?track=golden",
+        "/api/runs/r0",
+        "/runs/r0",
+    ):
+        first = env.client.get(path)
+        etag = first.headers["etag"]
+        assert first.status_code == 200 and first.headers["cache-control"] == "public, max-age=60", path
+        again = env.client.get(path, headers={"If-None-Match": etag})  # answered by ServeCached, before routing
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, path
+        assert env.client.get(path).content == first.content
+    assert upload(env, golden_bundles["r1"], env.alice).status_code == 201  # a write clears the cache
+    assert len(env.client.get("/api/runs?track=golden").json()) == 2
