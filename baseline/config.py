@@ -48,6 +48,7 @@ class TrainConfig:
     num_iterations: int = _flag(-1, "optimizer steps (-1: from --target-flops or the ratio)")
     target_flops: float = _flag(-1.0, "training FLOPs budget (-1: from the ratio)")
     target_param_data_ratio: float = _flag(12.0, "training tokens per scaling parameter")
+    time_budget_s: float = _flag(-1.0, "stop at the first step boundary past this many timed seconds (-1: no budget)")
     # batch
     device_batch_size: int = _flag(32, "rows per micro-step per process")
     total_batch_size: int = _flag(-1, "tokens per optimizer step (-1: Power-Lines rule from the horizon)")
@@ -134,6 +135,7 @@ class TrainPlan:
             warmup_steps=c.warmup_steps,
             warmdown_ratio=c.warmdown_ratio,
             final_lr_frac=c.final_lr_frac,
+            by_progress=c.time_budget_s > 0,
         )
 
     def to_dict(self) -> dict:

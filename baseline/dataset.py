@@ -2,7 +2,10 @@
 
 A data directory holds nanochat's parquet shards `shard_{i:05d}.parquet` (one string column
 `text`). Files are taken in name order and the **last file is the validation split**, all the
-others the train split (nanochat/dataset.py, dataloader.py). The real corpus is ClimbMix,
+others the train split (nanochat/dataset.py, dataloader.py), unless the directory holds a
+`splits.json` ({"train": [names], "val": [names]}) that says which files are which: the runner
+builds such views of a track's data (links to the files of one split only), so that the training
+process is never handed the val shard. The real corpus is ClimbMix,
 repacked by Karpathy as the HF dataset `karpathy/climbmix-400b-shuffle` (shards 0..6542);
 `download_shards` fetches any subset of it plus the val shard 6542, resumably and verified:
 
@@ -27,6 +30,7 @@ NUM_SHARDS = 6543
 VAL_SHARD = NUM_SHARDS - 1  # the last shard of the corpus is its val split, as in nanochat
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
+SPLITS_FILE = "splits.json"  # a data view's own statement of its splits
 
 
 def shard_name(index: int) -> str:
@@ -45,9 +49,15 @@ def list_shards(data_dir: str | os.PathLike) -> list[Path]:
 
 
 def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """The shards of one split: 'val' is the last file, 'train' all the others."""
+    """The shards of one split: as the directory's splits.json says, else 'val' is the last file, 'train' the rest."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
+    declared = Path(data_dir) / SPLITS_FILE
+    if declared.is_file():
+        names = json.loads(declared.read_text()).get(split) or []
+        if not names:
+            raise ValueError(f"{data_dir} is a data view without a {split} split: this process is not given one")
+        return [Path(data_dir) / name for name in names]
     files = list_shards(data_dir)
     if len(files) < 2:
         raise ValueError(
@@ -183,3 +193,17 @@ def download_shards(
         downloader = _Downloader(data_dir, base_url, retries, backoff_s, timeout_s, bar)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(downloader.fetch, wanted))
+
+
+def write_view(view_dir: str | os.PathLike, splits: dict[str, list[Path]]) -> Path:
+    """A data view: `view_dir` holding links to the given files and a splits.json naming them per split."""
+    view_dir = Path(view_dir)
+    view_dir.mkdir(parents=True, exist_ok=True)
+    for files in splits.values():
+        for f in files:
+            link = view_dir / f.name
+            if not link.is_symlink():
+                link.symlink_to(Path(f).resolve())
+    names = {split: [f.name for f in files] for split, files in splits.items()}
+    (view_dir / SPLITS_FILE).write_text(json.dumps(names, indent=1) + "\n")
+    return view_dir

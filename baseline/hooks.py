@@ -2,8 +2,8 @@
 
 The trainer calls only these, so a submission never edits `baseline/train.py`:
 - `build_optimizer(model, plan, compute_dtype)` -> a torch optimizer over every trainable parameter;
-- `build_schedule(plan)` -> an object with `lr_multiplier(step)`, `muon_momentum(step)` and
-  `muon_weight_decay(step)` (see `baseline.schedule.Schedule`);
+- `build_schedule(plan)` -> an object with `lr_multiplier(step, progress)`, `muon_momentum(step, progress)`
+  and `muon_weight_decay(step, progress)`, progress in [0, 1] (see `baseline.schedule.Schedule`);
 - `kernels`: replacement implementations of the model's named operations (`baseline.kernels`).
 The written contract and its checks are in the submissions package.
 """
@@ -28,10 +28,10 @@ def baseline_schedule(plan) -> Schedule:
     return plan.schedule()
 
 
-def apply_schedule(optimizer: torch.optim.Optimizer, schedule, step: int) -> float:
+def apply_schedule(optimizer: torch.optim.Optimizer, schedule, step: int, progress: float) -> float:
     """Set every group's lr (and Muon momentum / weight decay) for `step`; returns the lr multiplier."""
-    lrm = schedule.lr_multiplier(step)
-    momentum, weight_decay = schedule.muon_momentum(step), schedule.muon_weight_decay(step)
+    lrm = schedule.lr_multiplier(step, progress)
+    momentum, weight_decay = schedule.muon_momentum(step, progress), schedule.muon_weight_decay(step, progress)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lrm
         if group.get("kind") == "muon":

@@ -12,9 +12,7 @@ step's dt is the MAX over ranks, so every rank reports the same seconds.
 """
 
 import gc
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -38,19 +36,29 @@ from baseline.fp8 import convert_to_fp8, disabled_fp8
 from baseline.hooks import Hooks, apply_schedule
 from baseline.loader import bos_bestfit_batches
 from baseline.tokenizer import Tokenizer
-from protocol.hashing import ALL_FILES, NOT_CONTENT, tree_hash
-from protocol.timing import is_timed
+from protocol.events import (
+    CheckpointEvent,
+    CheckpointStartEvent,
+    DivergedEvent,
+    EndEvent,
+    StartEvent,
+    StepEvent,
+    ValEvent,
+    drop_from_step,
+)
+from protocol.hashing import ALL_FILES, NOT_CONTENT, file_sha256, tree_hash
+from protocol.timing import NANOCHAT_UNTIMED_STEPS
 
 EMA_BETA = 0.9  # smoothing of the logged train loss (debiased), as nanochat logs it
 
 
 @dataclass
 class TrainResult:
-    status: str  # "completed" | "stopped" (stop_after_step reached) | "diverged"
+    status: str  # "completed" | "stopped" (stop_after_step reached) | "diverged" | "preempted" (saved, resumable)
     step: int  # optimizer steps taken
-    num_iterations: int
-    train_time_s: float  # the timed seconds (protocol/timing.py)
-    warmup_time_s: float = 0.0  # Σ dt of the untimed steps
+    num_iterations: int  # the planned horizon (on a fixed-budget track: the cap)
+    train_time_s: float  # the timed seconds: Σ dt over every step (protocol/timing.py)
+    nanochat_time_s: float = 0.0  # Σ dt over steps > 10, nanochat's figure
     setup_time_s: float = 0.0
     eval_time_s: float = 0.0
     checkpoint_time_s: float = 0.0
@@ -65,25 +73,23 @@ class TrainResult:
 
 
 class EventLog:
-    """One JSON object per line; only rank 0 writes.
+    """Typed events (protocol/events.py), one per line; only rank 0 writes.
 
-    A resumed run continues the file from its checkpoint: events of steps at or after the resume
-    step (which will be run again) are dropped first, so every step appears once and Σ dt_s over
-    the file is the run's timed seconds.
+    Into `stream` when given (under `speedrun run`, the runner's pipe: the runner stamps each line and
+    owns events.jsonl), else appended to `path`; a resumed run first drops the events of the steps it
+    will run again, so every step appears once.
     """
 
-    def __init__(self, path: Path | None, resume_step: int = 0):
-        if path and resume_step and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if _before(json.loads(line), resume_step)]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
-        self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115 -- lives for the run
+    def __init__(self, path: Path | None, resume_step: int = 0, stream=None):
+        if stream is None and path and resume_step:
+            drop_from_step(path, resume_step)
+        self.file = stream if stream is not None else open(path, "a", buffering=1) if path else None  # noqa: SIM115
 
-    def write(self, **event):
+    def write(self, kind, **fields):
         if self.file:
             # Wall-clock time lets telemetry samples be matched to the timed region.
-            self.file.write(json.dumps({**event, "wall": time.time()}) + "\n")
+            self.file.write(kind(wall=time.time(), **fields).line())
+            self.file.flush()
 
     def close(self):
         if self.file:
@@ -103,6 +109,11 @@ def train(
     val_bpb_fn: Callable[[torch.nn.Module, int], float] | None = None,
     batches: Callable[[dict | None], Iterator] | None = None,
     log: Callable[[str], None] = print,
+    events_stream=None,
+    on_step_end: Callable[[int], None] | None = None,
+    keep_final_checkpoint: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    save_every_s: float | None = None,
 ) -> TrainResult:
     """Train from scratch (or resume from the latest checkpoint in out_dir/checkpoints) and return the result.
 
@@ -110,7 +121,13 @@ def train(
     harness supplies the frozen eval. stop_after_step ends the run early without changing the
     schedule (smoke runs, resume tests). batches(resume_state) replaces the frozen data loader
     (tests and benchmarks only: it must yield (inputs, targets, state) like the loader; with it,
-    tokenizer_dir may be None and config.vocab_size is used).
+    tokenizer_dir may be None and config.vocab_size is used). events_stream: an open text stream for the
+    events instead of out_dir/events.jsonl (the runner's pipe). on_step_end(step): called at every step
+    boundary, after the step's event is written (the harness's checks of the rules; it may raise).
+    keep_final_checkpoint=False: no checkpoint when stop_after_step ends the run (a warm-up's throwaway).
+    should_stop(): asked at every step boundary (a preemption notice: SIGTERM/SIGUSR1 in the harness);
+    when any rank says yes, the run saves a checkpoint there and ends "preempted", to be resumed.
+    save_every_s: also save at the first step boundary after this many wall seconds since the last save.
     """
     wall_start = time.perf_counter()
     hooks = hooks or Hooks()
@@ -138,8 +155,9 @@ def train(
     optimizer = hooks.build_optimizer(model, plan, runtime.compute_dtype)
     schedule = hooks.build_schedule(plan)
 
-    start_step, loop_state, loader_state = 0, {}, None
+    start_step, loop_state, loader_state, resumed_from = 0, {}, None, None
     if resume and (ckpt := latest_checkpoint(checkpoints_dir)) is not None:
+        resumed_from = ckpt
         meta = read_meta(ckpt)
         if meta["model_config"] != plan.model_config.to_dict():
             raise ValueError(f"{ckpt} holds a different model ({meta['model_config']}): resume with its config")
@@ -167,7 +185,7 @@ def train(
         )
     x, y, loader_state = next(loader)  # untimed, like nanochat's first fetch
 
-    events = EventLog(out_dir / "events.jsonl" if master else None, start_step)
+    events = EventLog(out_dir / "events.jsonl" if master else None, start_step, events_stream if master else None)
     num_iterations, grad_accum = plan.num_iterations, plan.grad_accum_steps
     batch_tokens = plan.total_batch_size
     flops_per_step = plan.flops_per_token * batch_tokens
@@ -177,7 +195,7 @@ def train(
         step=start_step,
         num_iterations=num_iterations,
         train_time_s=loop_state.get("train_time_s", 0.0),
-        warmup_time_s=loop_state.get("warmup_time_s", 0.0),
+        nanochat_time_s=loop_state.get("nanochat_time_s", 0.0),
         min_val_bpb=loop_state.get("min_val_bpb"),
     )
     smooth_loss = loop_state.get("smooth_loss", 0.0)
@@ -189,6 +207,7 @@ def train(
     )
 
     def save(step: int):
+        events.write(CheckpointStartEvent, step=step)
         t0 = time.perf_counter()
         meta = {
             "tokenizer_hash": tokenizer_hash,
@@ -197,7 +216,7 @@ def train(
             "loader_state": _gather_states(loader_state, runtime),
             "loop_state": {
                 "train_time_s": result.train_time_s,
-                "warmup_time_s": result.warmup_time_s,
+                "nanochat_time_s": result.nanochat_time_s,
                 "smooth_loss": smooth_loss,
                 "min_val_bpb": result.min_val_bpb,
             },
@@ -205,11 +224,19 @@ def train(
         }
         path = save_checkpoint(checkpoints_dir, step, model, optimizer, meta, runtime.rank)
         result.checkpoint = str(path)
-        result.checkpoint_time_s += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        result.checkpoint_time_s += seconds
+        sha256 = file_sha256(path / "model.safetensors") if master else None
+        events.write(CheckpointEvent, step=step, seconds=seconds, sha256=sha256)
 
-    step = start_step
+    step, last_save = start_step, time.monotonic()
     while True:
-        last = step == num_iterations
+        # A fixed-budget track ends at the first step boundary past its budget (num_iterations is then a cap).
+        last = step == num_iterations or 0 < config.time_budget_s <= result.train_time_s
+        # Every rank takes the same decision at the same boundary (a notice may reach one rank first).
+        preempted = not last and step != start_step and _any_rank(should_stop is not None and should_stop(), device)
+        due = save_every_s is not None and time.monotonic() - last_save >= save_every_s
+        timely = not last and step != start_step and _any_rank(due, device)
         if val_bpb_fn is not None and (last or (config.eval_every > 0 and step % config.eval_every == 0)):
             t0 = time.perf_counter()
             model.eval()
@@ -219,20 +246,29 @@ def train(
             result.val_bpb = bpb
             result.min_val_bpb = bpb if result.min_val_bpb is None else min(result.min_val_bpb, bpb)
             result.val_bpb_history.append((step, bpb))
-            events.write(event="val", step=step, val_bpb=bpb)
+            events.write(ValEvent, step=step, val_bpb=bpb)
             say(f"step {step:05d} | val bpb {bpb:.6f}")
             result.eval_time_s += time.perf_counter() - t0
         save_now = step != start_step and (last or (config.save_every > 0 and step % config.save_every == 0))
-        if save_now:
+        if save_now or preempted or timely:
             save(step)
+            last_save = time.monotonic()
+        if preempted:
+            result.status = "preempted"
+            say(f"preempted at step {step}: saved, resume to continue")
+            break
+        if last and step == start_step and resumed_from is not None:
+            result.checkpoint = str(resumed_from)  # resumed after the last step: its checkpoint is the final one
         if last or (stop_after_step is not None and step >= stop_after_step):
             if not last:
                 result.status = "stopped"
-                if not save_now:
+                if not save_now and keep_final_checkpoint:
                     save(step)
             break
 
         # ---------------------------------------------------------------- one timed step
+        if step == start_step:
+            events.write(StartEvent, step=step)  # the runner's clock starts here too
         synchronize(device)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -241,7 +277,8 @@ def train(
             loss_sum += loss.detach()
             (loss / grad_accum).backward()
             x, y, loader_state = next(loader)
-        lrm = apply_schedule(optimizer, schedule, step)
+        progress = result.train_time_s / config.time_budget_s if config.time_budget_s > 0 else step / num_iterations
+        lrm = apply_schedule(optimizer, schedule, step, progress)
         optimizer.step()
         model.zero_grad(set_to_none=True)
         loss_value = loss_sum.item() / grad_accum
@@ -252,18 +289,17 @@ def train(
         loss_value = sum_across_ranks(loss_value, device) / runtime.world_size
         # ----------------------------------------------------------------
 
-        if is_timed(step):
-            result.train_time_s += dt
-        else:
-            result.warmup_time_s += dt
+        result.train_time_s += dt  # every step is timed (protocol/timing.py)
+        if step >= NANOCHAT_UNTIMED_STEPS:
+            result.nanochat_time_s += dt
         smooth_loss = EMA_BETA * smooth_loss + (1 - EMA_BETA) * loss_value
         debiased = smooth_loss / (1 - EMA_BETA ** (step + 1))
         tokens_per_s = batch_tokens / dt
         mfu = 100 * flops_per_step / dt / peak
-        if is_timed(step):
-            steady_tokens_per_s.append(tokens_per_s)
+        if step >= NANOCHAT_UNTIMED_STEPS or num_iterations <= NANOCHAT_UNTIMED_STEPS:
+            steady_tokens_per_s.append(tokens_per_s)  # the throughput figure: past compile warm-up
         events.write(
-            event="step",
+            StepEvent,
             step=step,
             loss=loss_value,
             smooth_loss=debiased,
@@ -279,10 +315,12 @@ def train(
         )
         step += 1
         result.step, result.final_loss = step, loss_value
+        if on_step_end is not None:
+            on_step_end(step)
         if not math.isfinite(loss_value):
             result.status = "diverged"
             say(f"loss is {loss_value} at step {step - 1}: the run diverged, stopping")
-            events.write(event="diverged", step=step - 1, loss=loss_value)
+            events.write(DivergedEvent, step=step - 1, loss=loss_value)
             break
         # Python's GC walks every tensor; nanochat freezes it after the first step and collects rarely.
         if step == 1:
@@ -298,13 +336,13 @@ def train(
         result.tokens_per_s = steady_tokens_per_s[len(steady_tokens_per_s) // 2]
         result.mfu = 100 * result.tokens_per_s * plan.flops_per_token / peak
     result.wall_time_s = time.perf_counter() - wall_start
-    events.write(event="end", **{k: v for k, v in asdict(result).items() if k != "val_bpb_history"})
+    events.write(EndEvent, **{k: v for k, v in asdict(result).items() if k != "val_bpb_history"})
     events.close()
     return result
 
 
-def _before(event: dict, step: int) -> bool:
-    return event["event"] in ("step", "val") and event["step"] < step
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    return max_across_ranks(float(flag), device) > 0
 
 
 def _gather_states(state: dict, runtime: Runtime) -> list[dict]:

@@ -35,12 +35,12 @@ def main():
     args = parser.parse_args()
 
     books = load_track("cpu-books")
-    config = {**books.baseline, "depth": args.depth, "num_iterations": args.steps, "eval_every": -1}
+    config = {**books.recipe, "depth": args.depth, "num_iterations": args.steps, "eval_every": -1}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         tmp = Path(tmp)
         track_text = books.path.read_text()
         for key in ("depth", "num_iterations"):
-            track_text = track_text.replace(f"\n{key} = {books.baseline[key]}\n", f"\n{key} = {config[key]}\n")
+            track_text = track_text.replace(f"\n{key} = {books.recipe[key]}\n", f"\n{key} = {config[key]}\n")
         track_text = track_text.replace(f"eval_tokens = {books.target.eval_tokens}", "eval_tokens = 16384")
         track_path = tmp / "overhead.toml"
         track_path.write_text(track_text)

@@ -9,7 +9,8 @@ With 5 seed-standard-deviations of margin the baseline itself meets the target a
 with 3 seeds (t = 5·√3 ≈ 8.7 > t₀.₉₉,₂ ≈ 7.0), so a submission that is as good as the baseline
 can claim a record with 3 seeds, and one that trains worse by more than the margin cannot.
 The threshold is rounded outward to 3 significant decimals and written into the track file
-together with the runs it came from.
+together with the runs it came from. A budget track has no threshold to reach: its calibration keeps
+the baseline's values (what `speedrun run --json` compares with) and the mean as a reference.
 """
 
 import math
@@ -40,6 +41,8 @@ def calibrate(track: Track, seeds: list[int], runs_dir: Path, data_dir: Path | N
     done = [r for r in records if r.status == "completed" and r.result.value is not None]
     values = [r.result.value for r in done]
     threshold, mean, std = threshold_from(values, track.target.higher_is_better)
+    if track.kind == "budget":  # nothing to reach: the baseline's mean is the reference a submission is compared with
+        threshold = round(mean, 4)
     calibration = {
         "metric": track.target.metric,
         "runs": [r.run_id for r in done],

@@ -18,8 +18,10 @@
 `train` runs the same under `torchrun --nproc_per_node=N -m speedrun train ...`.
 """
 
+import contextlib
 import json
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -31,12 +33,25 @@ from baseline.train import train
 from eval.bpb import val_bpb_evaluator
 from eval.run import add_arguments as add_eval_arguments
 from eval.run import main as eval_main
+from harness import verdicts
 from harness.calibrate import calibrate
 from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, fetch_chat_data
-from harness.runner import resume, run
+from harness.launchers import dispatch
+from harness.launchers.sky import SkyConfig
+from harness.launchers.slurm import SlurmConfig
+from harness.launchers.slurm import status as slurm_status
+from harness.runner import execute, follow, plan_campaign, register, resume, run
 from harness.submit import submit
 from protocol import stats
-from protocol.record import EXIT_DIVERGED, find_run, read_record
+from protocol.record import (
+    CAMPAIGNS_DIR,
+    EXIT_DIVERGED,
+    find_campaign,
+    find_campaigns_of,
+    find_run,
+    read_campaign,
+    read_record,
+)
 from protocol.tracks import format_tracks, list_tracks, load_track
 from submissions.scaffold import scaffold
 
@@ -91,13 +106,101 @@ def _tracks(args):
     print(format_tracks(list_tracks()))
 
 
+DEFAULT_CHECKPOINT_MIN = {"cuda": 30.0, "cpu": None}  # GPU runs are long and often on preemptible machines
+FOLLOWER_WAIT_S = 600  # how long another node waits for node 0 to register a multi-node run
+
+
 def _seeds(args) -> list[int]:
     return args.seed_list or list(range(args.first_seed, args.first_seed + args.seeds))
 
 
 def _run(args):
     track = load_track(args.track)
-    run_dirs = run(
+    every = args.checkpoint_every if args.checkpoint_every is not None else DEFAULT_CHECKPOINT_MIN[track.hardware.kind]
+    args.checkpoint_every_s = every * 60 if every else None
+    if args.launcher != "local":
+        return _launch_elsewhere(args, track)
+    # With --json, stdout carries the one JSON object only; what people read goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        run_dirs = _run_seeds(args, track)
+    records = [read_record(d) for d in run_dirs]
+    [campaign_file] = find_campaigns_of([run_dirs[0].name], args.runs_dir)
+    campaign = verdicts.run_set(str(campaign_file), args.runs_dir)
+    if args.json:
+        against = verdicts.run_set(args.against, args.runs_dir, track.name) if args.against else None
+        print(json.dumps(_verdict_json(track, campaign, against), default=str))
+    elif len(run_dirs) > 1:
+        print(stats.format_summary(campaign.summary))
+    bad = [r for r in records if r.status not in ("completed", "stopped")]
+    if bad:  # scripts see it: a run that failed, diverged, broke a rule or never ran
+        sys.exit(f"speedrun: {len(bad)} of {len(run_dirs)} runs did not complete ({bad[0].run_id}: {bad[0].status})")
+
+
+def _launch_elsewhere(args, track):
+    """--launcher slurm|sky: register (here for SLURM, on the machines for SkyPilot), submit, note the jobs."""
+    if args.launcher == "slurm":
+        config = SlurmConfig.from_toml(args.slurm_config, partition=args.partition, account=args.account)
+        campaign, run_dirs = register(track, args.submission, seeds=_seeds(args), runs_dir=args.runs_dir,
+                                      data_dir=args.data_dir, nproc=args.nproc * args.nnodes, max_steps=args.max_steps,
+                                      unofficial=args.unofficial, checkpoint_every_s=args.checkpoint_every_s,
+                                      campaign_id=args.campaign_id)  # fmt: skip
+        campaign = dispatch.submit_slurm(campaign, run_dirs, track=args.track, config=config, nodes=args.nnodes,
+                                         nproc=args.nproc, time_min=args.time_min, runs_dir=args.runs_dir)  # fmt: skip
+    else:
+        config = SkyConfig.from_toml(args.sky_config, use_spot=args.spot, cloud=args.cloud, region=args.region)
+        campaign, _ = plan_campaign(track, args.submission, _seeds(args), args.campaign_id)
+        campaign, _ = dispatch.submit_sky(campaign, submission=args.submission, track=args.track, config=config,
+                                          checkpoint_every_min=args.checkpoint_every_s and args.checkpoint_every_s / 60,
+                                          runs_dir=args.runs_dir, launch=not args.no_launch)  # fmt: skip
+    for run_id, job in campaign.jobs.items():
+        print(f"{run_id}: {args.launcher} job {job}")
+    print(f"follow them with `speedrun status {campaign.campaign_id}`")
+
+
+def _execute(args):
+    """A registered run, where a job put it: node 0 runs and records it, other nodes follow (multi-node)."""
+    nnodes, node_rank, rdzv = dispatch.node_topology()
+    nnodes, node_rank, rdzv = args.nnodes or nnodes, args.node_rank if args.node_rank is not None else node_rank, (
+        args.rdzv_endpoint or rdzv)  # fmt: skip
+    if node_rank > 0:
+        run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.runs_dir) / args.run
+        deadline = time.monotonic() + FOLLOWER_WAIT_S
+        while not (run_dir / "run.json").is_file() and time.monotonic() < deadline:
+            time.sleep(1.0)  # node 0 may still be registering the run (on the shared filesystem)
+        sys.exit(follow(run_dir, nproc=args.nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv))
+    run_dir = find_run(args.run, args.runs_dir)
+    record = read_record(run_dir)
+    if record.status != "registered":
+        raise ValueError(f"run {record.run_id} is {record.status}: `speedrun resume {record.run_id}` continues a run")
+    record = execute(run_dir, record, nproc=args.nproc, nnodes=nnodes, node_rank=0, rdzv=rdzv)
+    print(f"run {record.run_id}: {record.status}, timed {record.timing.train_time_s if record.timing else 0.0:.1f}s")
+
+
+def _status(args):
+    """Every run of the named campaigns (or of every campaign): its record's status, and its job's where one runs."""
+    paths = [find_campaign(n, args.runs_dir) or n for n in args.campaigns] or sorted(
+        (args.runs_dir / CAMPAIGNS_DIR).glob("*.json"))  # fmt: skip
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"no campaign {path!r} under {args.runs_dir / CAMPAIGNS_DIR}: see `speedrun status`"
+            )
+        c = read_campaign(path)
+        states = slurm_status(list(c.jobs.values())) if c.launcher == "slurm" and c.jobs else {}
+        print(f"{c.campaign_id} ({c.track.name}, {c.submission.name}, {c.launcher}):")
+        for run_id in c.run_ids:
+            try:
+                record = read_record(find_run(run_id, args.runs_dir))
+                status = record.status + (f", timed {record.timing.train_time_s:.1f}s" if record.timing else "")
+            except FileNotFoundError:
+                status = "no record here yet"
+            job = c.jobs.get(run_id)
+            where = f" [job {job}: {states.get(job, 'see the launcher')}]" if job else ""
+            print(f"  {run_id}: {status}{where}")
+
+
+def _run_seeds(args, track):
+    return run(
         track,
         args.submission,
         seeds=_seeds(args),
@@ -109,9 +212,38 @@ def _run(args):
         rdzv=args.rdzv_endpoint,
         max_steps=args.max_steps,
         unofficial=args.unofficial,
+        checkpoint_every_s=args.checkpoint_every_s,
+        campaign_id=args.campaign_id,
     )
-    if len(run_dirs) > 1:
-        _print_stats(run_dirs, csv=None, json_out=args.runs_dir / f"stats-{run_dirs[0].name}.json")
+
+
+def _verdict_json(track, campaign, against) -> dict:
+    """What `speedrun run --json` prints: the runs, their statistics, the verdict against the baseline or --against."""
+    base = against or (verdicts.baseline_set(track) if track.calibration.get("values") else None)
+    out = {
+        "campaign": campaign.label,
+        "track": track.name,
+        "kind": track.kind,
+        "metric": track.target.metric,
+        "runs": [
+            {
+                "run_id": r.run_id,
+                "seed": r.seed,
+                "status": r.status,
+                "value": r.result.value if r.result else None,
+                "train_time_s": r.timing.train_time_s if r.timing else None,
+            }
+            for r in campaign.records
+        ],  # fmt: skip
+        "summary": campaign.summary,
+        "against": None,
+        "comparison": None,
+        "verdict": "inconclusive",
+    }
+    if base is not None:
+        v = verdicts.verdict(base, campaign, kind=track.kind, higher_is_better=track.target.higher_is_better)
+        out |= {"against": base.label, "comparison": v, "verdict": v["verdict"]}
+    return out
 
 
 def _resume(args):
@@ -136,7 +268,27 @@ def _print_stats(run_dirs, csv=None, json_out=None):
 
 
 def _stats(args):
-    _print_stats([find_run(r, args.runs_dir) for r in args.runs], csv=args.csv, json_out=args.json)
+    dirs = []
+    for name in args.runs:
+        campaign = find_campaign(name, args.runs_dir)
+        ids = read_campaign(campaign).run_ids if campaign else [name]
+        dirs += [find_run(i, args.runs_dir) for i in ids]
+    for campaign_path in find_campaigns_of([d.name for d in dirs], args.runs_dir):
+        left_out = [i for i in read_campaign(campaign_path).run_ids if i not in {d.name for d in dirs}]
+        if left_out:  # every seed counts: say so when some of a campaign's runs are not among these
+            print(f"note: {len(left_out)} run(s) of campaign {campaign_path.stem} are left out ({left_out[0]}, ...): "
+                  f"pass the campaign id to count every seed", file=sys.stderr)  # fmt: skip
+    _print_stats(dirs, csv=args.csv, json_out=args.json)
+
+
+def _compare(args):
+    a, b = verdicts.run_set(args.a, args.runs_dir), verdicts.run_set(args.b, args.runs_dir)
+    track = b.records[0].track
+    v = verdicts.verdict(a, b, kind=track.kind, higher_is_better=track.higher_is_better)
+    if args.json:
+        print(json.dumps(v, default=str))
+    else:
+        print(verdicts.format_verdict(v, track.metric))
 
 
 def _calibrate(args):
@@ -231,7 +383,47 @@ def add_commands(sub) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--max-steps", type=int, default=None, help="quick smoke run (the record is unofficial)")
     p.add_argument("--unofficial", action="store_true", help="run on hardware/data that do not match the track")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end (runs, stats, verdict)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="also save every MINUTES, for preemptible machines (default: 30 on GPU tracks, off on CPU)",
+    )
+    p.add_argument("--campaign-id", default=None, help="name the campaign (its runs are CAMPAIGN-sSEED)")
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "sky"],
+        default="local",
+        help="where the seeds run: here one after another, one SLURM job each, one cloud job each",
+    )
+    p.add_argument("--partition", default=None, help="SLURM partition (--launcher slurm)")
+    p.add_argument("--account", default=None, help="SLURM account (--launcher slurm)")
+    p.add_argument("--time-min", type=int, default=None, help="SLURM time limit per seed in minutes")
+    p.add_argument("--slurm-config", type=Path, default=None, help="a TOML of SlurmConfig fields (launchers/slurm.py)")
+    p.add_argument("--sky-config", type=Path, default=None, help="a TOML of SkyConfig fields (launchers/sky.py)")
+    p.add_argument("--spot", action="store_true", default=None, help="spot machines (--launcher sky)")
+    p.add_argument("--cloud", default=None, help="a cloud SkyPilot knows (--launcher sky)")
+    p.add_argument("--region", default=None, help="the cloud's region (--launcher sky)")
+    p.add_argument("--no-launch", action="store_true", help="--launcher sky: build and check the tasks only")
+    p.add_argument("--against", default=None, help="campaign, run or submission to compare with (default: the "
+                   "track's calibrated baseline)")  # fmt: skip
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("execute", help="run one registered run (what a SLURM job runs; every node of a multi-node one)")
+    p.add_argument("run", help="run id or run directory (status registered)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this node")
+    p.add_argument("--nnodes", type=int, default=None, help="default: $SPEEDRUN_NNODES, else 1")
+    p.add_argument("--node-rank", type=int, default=None, help="default: $SPEEDRUN_NODE_RANK, else 0")
+    p.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of node 0 (default: from $SPEEDRUN_MASTER_ADDR)")
+    p.set_defaults(func=_execute)
+
+    p = sub.add_parser("status", help="the runs of campaigns: record status, and job state where one runs")
+    p.add_argument("campaigns", nargs="*", help="campaign ids or files (default: every campaign under --runs-dir)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.set_defaults(func=_status)
 
     p = sub.add_parser("resume", help="continue a run from its last checkpoint, timer continuing")
     p.add_argument("run", help="run id or run directory")
@@ -239,11 +431,18 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_resume)
 
     p = sub.add_parser("stats", help="mean ± std over runs and the one-sided t-test against the target")
-    p.add_argument("runs", nargs="+", help="run ids or run directories (one track)")
+    p.add_argument("runs", nargs="+", help="campaign ids, run ids or run directories (one track)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--csv", type=Path, default=None, help="write the per-run table here")
     p.add_argument("--json", type=Path, default=None, help="write the summary here")
     p.set_defaults(func=_stats)
+
+    p = sub.add_parser("compare", help="is B better than A? Welch t-test, effect size with a CI, a verdict")
+    p.add_argument("a", help="campaign, run or submission name (the reference)")
+    p.add_argument("b", help="campaign, run or submission name (the candidate)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    p.set_defaults(func=_compare)
 
     track = sub.add_parser("track", help="track tools").add_subparsers(dest="track_command", required=True)
     p = track.add_parser("calibrate", help="run the baseline over seeds and set the track's target")

@@ -17,20 +17,31 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 
+from baseline.checkpoint import latest_checkpoint, read_meta, step_dir
 from baseline.config import TrainConfig, plan_training
-from baseline.dataset import download_shards, list_shards, shard_name
+from baseline.dataset import download_shards, list_shards, shard_name, write_view
 from baseline.tokenizer import Tokenizer, train_from_shards
 from harness import provenance, telemetry
-from harness.trainer_process import read_outcome
-from protocol.paths import track_data_dir, track_tokenizer_dir
+from harness.eval_process import read_evaluation
+from harness.event_pipe import EventPipe
+from harness.trainer_process import EVENTS_PIPE_ENV, read_result
+from protocol.events import CheckpointEvent, StartEvent, StepEvent, drop_from_step, read_events
+from protocol.hashing import file_sha256
+from protocol.paths import eval_bundle_dir, track_data_dir, track_tokenizer_dir
 from protocol.record import (
     EXIT_DIVERGED,
+    EXIT_INVALID,
+    Campaign,
+    Clock,
+    Interruption,
     Provenance,
     Result,
     RunRecord,
@@ -43,16 +54,18 @@ from protocol.record import (
     now_iso,
     read_record,
     read_spec,
+    write_campaign,
     write_record,
     write_spec,
 )
-from protocol.timing import is_timed, last_per_step
+from protocol.timing import clock_check, last_per_step, nanochat_seconds, timed_seconds
 from protocol.tracks import Track, beats
-from submissions.conformance import check_submission
-from submissions.contract import check_eval_budget, load_submission
+from submissions.contract import SUBMISSIONS_DIR, SubmissionError, check_eval_budget
 
 REPO = Path(__file__).resolve().parents[1]  # the training process runs from the repo root
 KILL_GRACE_S = 30
+PREEMPT_GRACE_S = 300  # how long a preempted training process may take to reach a step boundary and save
+COMPILE_CACHE = "compile_cache"  # in the run directory: filled by the warm-up, read by the timed process
 
 
 class Preflight(ValueError):
@@ -60,6 +73,32 @@ class Preflight(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- preparation
+
+
+@dataclass(frozen=True)
+class CheckedSubmission:
+    name: str
+    path: Path  # its folder (or single .py file)
+    config: dict  # its validated CONFIG overrides
+
+
+def checked_submission(submission: str) -> CheckedSubmission:
+    """The submission, loaded and checked in a child process (harness/plugin_check.py): its code never runs here."""
+    given = str(submission)
+    if not (SUBMISSIONS_DIR / given.replace(".", "/")).exists() and Path(given).exists():
+        given = str(Path(given).resolve())  # a path from the caller's directory; the check runs in the repo
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.plugin_check", given],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        error = next((line for line in reversed(lines) if line.startswith("speedrun: error: ")), None)
+        if error:
+            raise SubmissionError(error.removeprefix("speedrun: error: "))
+        raise RuntimeError(f"the conformance check of {submission} crashed: {' | '.join(lines[-3:])}")
+    raw = json.loads(out.stdout.strip().splitlines()[-1])
+    return CheckedSubmission(name=raw["name"], path=Path(raw["path"]), config=raw["config"])
 
 
 def prepare_data(track: Track, data_dir: Path) -> list[Path]:
@@ -83,13 +122,15 @@ def prepare_data(track: Track, data_dir: Path) -> list[Path]:
     return files
 
 
-def prepare_tokenizer(track: Track, data_dir: Path, data_hash: str) -> Path:
-    """The track's tokenizer, trained once per (track, data) and cached."""
+def prepare_tokenizer(track: Track, train_files: list[Path], data_hash: str) -> Path:
+    """The track's tokenizer, trained once per (track, data) on the train split and cached."""
     spec = track.tokenizer
     out = track_tokenizer_dir(track, data_hash)
     if not (out / "tokenizer.json").is_file():
-        print(f"training a {spec.vocab_size}-token tokenizer on {data_dir} -> {out}")
-        train_from_shards(data_dir, out, spec.vocab_size, spec.max_chars, spec.doc_cap)
+        print(f"training a {spec.vocab_size}-token tokenizer on {len(train_files)} train shards -> {out}")
+        with tempfile.TemporaryDirectory() as view:
+            train_from_shards(write_view(view, {"train": train_files}), out, spec.vocab_size, spec.max_chars,
+                              spec.doc_cap)  # fmt: skip
     return out
 
 
@@ -116,106 +157,209 @@ def preflight(track: Track, nproc: int, nnodes: int) -> list[str]:
 # ---------------------------------------------------------------------------------------- one run
 
 
-def _launch(run_dir: Path, nproc: int, nnodes: int, node_rank: int, rdzv: str | None, env: dict):
+def _launch(module: str, args: list[str], run_dir: Path, env: dict, nproc: int, nnodes: int, node_rank: int,
+            rdzv: str | None) -> subprocess.Popen:  # fmt: skip
+    """`python -m module args` (through torchrun when several ranks), its output appended to train.log.
+
+    Several nodes meet at `rdzv` (HOST:PORT of node 0) with fixed node ranks (torchrun's static
+    rendezvous): node 0 must hold global rank 0, which writes the step events into node 0's runner's
+    pipe; c10d's rendezvous would hand rank 0 to whichever node sorts first.
+    """
     if nproc == 1 and nnodes == 1:
-        cmd = [sys.executable, "-m", "harness.trainer_process", str(run_dir)]
+        cmd = [sys.executable, "-m", module, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={nnodes}"]
-        cmd += [f"--node_rank={node_rank}", f"--rdzv_endpoint={rdzv}"] if rdzv else ["--standalone"]
-        cmd += ["-m", "harness.trainer_process", str(run_dir)]
-    log = open(run_dir / "train.log", "a")  # noqa: SIM115 -- the child writes into it until it exits
-    # A new session: one signal reaches the trainer and every torchrun rank, never this process.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    return proc, log
+        if nnodes > 1:
+            host, _, port = rdzv.rpartition(":")
+            cmd += [f"--node_rank={node_rank}", f"--master_addr={host}", f"--master_port={port}"]
+        else:
+            cmd += ["--standalone"]
+        cmd += ["-m", module, *args]
+    with open(run_dir / "train.log", "a") as log:  # the child keeps its own descriptor
+        # A new session: one signal reaches the process and every torchrun rank, never this one.
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
 
 
 class _Progress:
-    """Tails events.jsonl and shows step/total, loss, tok/s, MFU and ETA on one line."""
+    """One line: step/total, loss, tok/s, MFU, timed seconds and ETA, from the step events as they arrive."""
 
-    def __init__(self, events_path: Path, total_steps: int, stream=sys.stdout):
-        self.path, self.offset, self.stream, self.total = events_path, 0, stream, total_steps
-        self.file_id = None  # (inode, device) of the file read so far
-        self.tty = stream.isatty()
+    def __init__(self, total_steps: int, stream=None):
+        self.stream, self.total = stream or sys.stdout, total_steps  # looked up now: a caller may redirect it
+        self.tty = self.stream.isatty()
         self.last_print = 0.0
+        self.last: StepEvent | None = None
 
-    def poll(self, final: bool = False):
-        if not self.path.is_file():
-            return
-        with open(self.path) as f:
-            stat = os.fstat(f.fileno())
-            if (stat.st_ino, stat.st_dev) != self.file_id or stat.st_size < self.offset:
-                self.file_id, self.offset = (stat.st_ino, stat.st_dev), 0  # a resumed run rewrote the file
-            f.seek(self.offset)
-            lines = f.readlines()
-            if lines and not lines[-1].endswith("\n"):  # a line still being written
-                lines.pop()
-            self.offset += sum(len(line) for line in lines)
-        steps = [e for e in map(json.loads, lines) if e["event"] == "step"]
-        if not steps:
-            return
-        e = steps[-1]
-        now = time.monotonic()
-        if not (self.tty or final or now - self.last_print > 10):
+    def update(self, event) -> None:
+        if isinstance(event, StepEvent):
+            self.last = event
+
+    def show(self, final: bool = False) -> None:
+        e, now = self.last, time.monotonic()
+        if e is None or not (self.tty or final or now - self.last_print > 10):
             return
         self.last_print = now
-        eta_s = (self.total - e["step"] - 1) * e["dt_s"]
+        eta_s = (self.total - e.step - 1) * e.dt_s
         line = (
-            f"step {e['step'] + 1}/{self.total} | loss {e['smooth_loss']:.4f} | {e['tokens_per_s']:,.0f} tok/s | "
-            f"MFU {e['mfu']:.1f}% | timed {e['train_time_s']:.1f}s | ETA {eta_s / 60:.1f} min"
+            f"step {e.step + 1}/{self.total} | loss {e.smooth_loss or float('nan'):.4f} | "
+            f"{e.tokens_per_s or 0:,.0f} tok/s | MFU {e.mfu or 0:.1f}% | timed {e.train_time_s or 0:.1f}s | "
+            f"ETA {eta_s / 60:.1f} min"
         )
         print(
             ("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True
         )
 
 
-def execute(run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0, rdzv=None) -> RunRecord:
-    """Launch the training process for run_dir, watch it, and return the finished record (also written)."""
-    spec = read_spec(run_dir)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def process_env(run_dir: Path, spec: RunSpec) -> dict:
+    """The environment of the warm-up, training and eval processes: the track's threads, the run's own caches."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     if spec.cpu_threads:
         env["OMP_NUM_THREADS"] = str(spec.cpu_threads)
-    stop = {"signal": None}
+    # torch.compile's caches and every temporary file stay in the run directory: the warm-up fills the
+    # caches the timed process reads, and nothing written there reaches another run.
+    (run_dir / "tmp").mkdir(exist_ok=True)
+    env |= {
+        "TORCHINDUCTOR_CACHE_DIR": str(run_dir / COMPILE_CACHE),
+        "TRITON_CACHE_DIR": str(run_dir / COMPILE_CACHE / "triton"),
+        "TMPDIR": str(run_dir / "tmp"),
+    }
+    return env
 
-    def forward(signum, _frame):
-        stop["signal"] = signum
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
 
-    proc, log = _launch(run_dir, nproc, nnodes, node_rank, rdzv, env)
-    old_handlers = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    progress = _Progress(run_dir / record.files.events, record.plan["num_iterations"])
-    sampler = telemetry.TelemetrySampler(run_dir / _telemetry_file(record), pid=proc.pid)
+@dataclass
+class _Stages:
+    """The stages of one launch: exit codes, the runner's seconds, and the signal that stopped them.
+
+    SIGINT stops now (the run ends killed). SIGTERM and SIGUSR1 are the notice a cloud or SLURM gives
+    before taking the machine: the training process is asked (SIGUSR1) to save at its next step boundary
+    and end preempted; other stages just end. Under torchrun the notice goes to the ranks, not the agent.
+    """
+
+    signal: int | None = None
+    returncode: dict = field(default_factory=dict)  # stage -> exit code
+    seconds: dict = field(default_factory=dict)  # stage -> the runner's wall seconds
+    proc: subprocess.Popen | None = None
+    stage: str | None = None
+
+    def forward(self, signum, _frame):
+        first = self.signal is None
+        self.signal = self.signal or signum
+        if self.proc is None or self.proc.poll() is not None or not first:
+            return
+        if signum == signal.SIGINT or self.stage != "train":
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            return
+        ranks = psutil.Process(self.proc.pid).children() if self.proc.args[2] == "torch.distributed.run" else []
+        for p in ranks or [psutil.Process(self.proc.pid)]:
+            p.send_signal(signal.SIGUSR1)
+
+    @property
+    def preempted(self) -> bool:
+        return self.signal in (signal.SIGTERM, signal.SIGUSR1)
+
+    def run(self, stage: str, module: str, args: list[str], run_dir, env, launch, tick=lambda: None) -> int:
+        t0 = time.monotonic()
+        self.stage, self.proc = stage, _launch(module, args, run_dir, env, **launch)
+        while self.proc.poll() is None:
+            tick()
+            time.sleep(0.2)
+            if self.signal is not None:
+                try:
+                    self.proc.wait(PREEMPT_GRACE_S if self.preempted and stage == "train" else KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+        self.returncode[stage], self.seconds[stage] = self.proc.returncode, time.monotonic() - t0
+        return self.proc.returncode
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def execute(run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0, rdzv=None) -> RunRecord:
+    """Warm up, train, evaluate (three processes), watching and stamping; return the finished record (also written).
+
+    With several nodes this is node 0's runner; the others run `follow` with the same launch arguments.
+    """
+    spec = read_spec(run_dir)
+    env, launch = process_env(run_dir, spec), dict(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
+    stages = _Stages()
+    progress = _Progress(record.plan["num_iterations"])
+    events_path = run_dir / record.files.events
+    old_handlers = {s: signal.signal(s, stages.forward) for s in SIGNALS}
+    pipe = None
+    record.status = "running"
+    write_record(run_dir, record)
     try:
-        with sampler:
-            while proc.poll() is None:
-                progress.poll()
-                time.sleep(0.5)
-                if stop["signal"] is not None:
-                    try:
-                        proc.wait(KILL_GRACE_S)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                        proc.wait()
-        progress.poll(final=True)
+        with telemetry.TelemetrySampler(run_dir / _telemetry_file(record)) as sampler:
+            if stages.run("warm-up", "harness.warmup", [str(run_dir)], run_dir, env, launch) == 0 and not stages.signal:
+                if spec.resume and (ckpt := latest_checkpoint(run_dir / "checkpoints")) is not None:
+                    drop_from_step(events_path, read_meta(ckpt)["step"])
+                pipe = EventPipe(run_dir / "events.fifo", events_path, on_event=progress.update)
+                sampler.mark("train_start")
+                train_env = env | {EVENTS_PIPE_ENV: str(pipe.path)}
+                stages.run(
+                    "train", "harness.trainer_process", [str(run_dir)], run_dir, train_env, launch, progress.show
+                )
+                sampler.mark("train_end")
+                pipe.close()
+                progress.show(final=True)
+                pinned = _final_checkpoint(run_dir, read_events(events_path))
+                result = read_result(run_dir)
+                done = stages.returncode["train"] == 0 and result is not None and result.status != "preempted"
+                if done and pinned and not stages.signal:  # on this node alone: the checkpoint it scores is here
+                    args = [str(run_dir), str(pinned[0]), pinned[1]]
+                    stages.run("eval", "harness.eval_process", args, run_dir, env, launch | {"nnodes": 1, "rdzv": None})
         if sys.stdout.isatty():
             print()
     finally:
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
-        log.close()
-    return finish(run_dir, record, spec, proc.returncode, killed=stop["signal"] is not None)
+    return finish(run_dir, record, spec, stages, pipe)
+
+
+def follow(run_dir: Path, *, nproc: int, nnodes: int, node_rank: int, rdzv: str) -> int:
+    """Another node of a multi-node run: the same three torchrun stages, joining node 0's rendezvous each time.
+
+    It writes nothing of the run's own: node 0's runner stamps the events and writes the record.
+    """
+    spec = read_spec(run_dir)
+    env, launch = process_env(run_dir, spec), dict(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
+    stages = _Stages()
+    old_handlers = {s: signal.signal(s, stages.forward) for s in SIGNALS}
+    try:
+        for stage, module in (("warm-up", "harness.warmup"), ("train", "harness.trainer_process")):
+            if stages.run(stage, module, [str(run_dir)], run_dir, env, launch) != 0 or stages.signal:
+                return 1
+        return 0  # the eval runs on node 0 alone: the checkpoint it scores is there
+    finally:
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
+
+
+def _final_checkpoint(run_dir: Path, events: list) -> tuple[Path, str] | None:
+    """(checkpoint dir, sha256) of the last checkpoint the training process reported, if its file still has that hash.
+
+    The runner hashes the file itself right after the process exited: whatever ran after the report
+    (an atexit hook, a thread) cannot have swapped the weights the eval will score.
+    """
+    saves = [e for e in events if isinstance(e, CheckpointEvent) and e.sha256]
+    if not saves:
+        return None
+    path = step_dir(run_dir / "checkpoints", saves[-1].step)
+    weights = path / "model.safetensors"
+    return (path, saves[-1].sha256) if weights.is_file() and file_sha256(weights) == saves[-1].sha256 else None
 
 
 def _timed_window(run_dir: Path) -> tuple[float | None, float | None]:
-    """Wall-clock bounds of the timed steps, from the step events."""
+    """Wall-clock bounds of this launch's timed steps (from its start event to its last step), from the events."""
     path = run_dir / "events.jsonl"
-    events = (
-        [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "step"] if path.is_file() else []
-    )
-    timed = [e for e in last_per_step(events) if is_timed(e["step"])]
-    if not timed:
+    events = read_events(path) if path.is_file() else []
+    starts = [i for i, e in enumerate(events) if isinstance(e, StartEvent)]
+    launch = events[starts[-1] :] if starts else events
+    steps = [e for e in launch if isinstance(e, StepEvent)]
+    if not steps:
         return None, None
-    return timed[0]["wall"] - timed[0]["dt_s"], timed[-1]["wall"]
+    return (launch[0].wall if starts else steps[0].wall - steps[0].dt_s), steps[-1].wall
 
 
 def _telemetry_file(record: RunRecord) -> str:
@@ -238,29 +382,73 @@ def _summarize_telemetry(run_dir: Path, spec: RunSpec, samples_path: Path) -> Te
     return TelemetrySummary(**summary, file=samples_path.name)
 
 
-def finish(run_dir: Path, record: RunRecord, spec: RunSpec, returncode: int, killed: bool) -> RunRecord:
-    """Fill the record from what the training process left behind, whatever the outcome."""
-    result, evaluation = read_outcome(run_dir)
-    if killed:
-        status = "killed"
-    elif returncode == EXIT_DIVERGED:
-        status = "diverged"
-    elif returncode != 0 or result is None:
-        status = "failed"
-        log = run_dir / record.files.log
-        tail = log.read_text().strip().splitlines()[-3:] if log.is_file() else []
-        record.error = f"the training process exited with code {returncode}: " + " | ".join(tail)
-    else:
-        status = result.status
-    record.status, record.finished = status, now_iso()
-    if result:
+def _log_tail(run_dir: Path, n: int = 3) -> list[str]:
+    log = run_dir / "train.log"
+    return log.read_text(errors="replace").strip().splitlines()[-n:] if log.is_file() else []
+
+
+def _outcome(run_dir: Path, stages: _Stages, pipe: EventPipe | None, result, clock) -> tuple[str, str | None]:
+    """The run's status and, unless it succeeded, why (one line)."""
+    tail = _log_tail(run_dir, 20)
+    if stages.signal is not None:
+        name = signal.Signals(stages.signal).name
+        if stages.preempted and result is not None and result.status == "preempted":
+            return "preempted", f"{name}: saved at step {result.step}; `speedrun resume {run_dir.name}` continues it"
+        return "killed", f"stopped by {name}"
+    if EXIT_INVALID in stages.returncode.values():
+        return "invalid", next((line for line in reversed(tail) if "speedrun: invalid:" in line), "a rule was broken")
+    for stage, code in stages.returncode.items():
+        if code not in (0, EXIT_DIVERGED) or (stage == "train" and code == 0 and result is None):
+            return "failed", f"the {stage} process exited with code {code}: " + " | ".join(tail[-3:])
+    if stages.returncode.get("train") == EXIT_DIVERGED:
+        return "diverged", None
+    if pipe is not None and pipe.problems:
+        return "invalid", f"the step events are not what the trainer writes: {pipe.problems[0]}"
+    if clock is not None and not clock.ok:
+        return "invalid", clock.detail
+    if "eval" not in stages.returncode:
+        return "invalid", "the final checkpoint is missing or changed after the training process reported it"
+    return result.status, None
+
+
+def finish(run_dir: Path, record: RunRecord, spec: RunSpec, stages: _Stages, pipe: EventPipe | None) -> RunRecord:
+    """Fill the record from what the three processes left behind, whatever the outcome.
+
+    The timed seconds come from the step events the runner stamped, so a run that was killed or
+    preempted still reports the seconds it trained for.
+    """
+    result, evaluation = read_result(run_dir), read_evaluation(run_dir)
+    events_path = run_dir / record.files.events
+    events = read_events(events_path) if events_path.is_file() else []
+    steps = last_per_step(events)
+    clock = clock_check(events) if steps else None
+    status, why = _outcome(run_dir, stages, pipe, result, clock)
+    record.status, record.finished, record.error = status, now_iso(), why
+    previous = record.timing
+    if steps or result:
         record.timing = Timing(
-            train_time_s=result.train_time_s, warmup_time_s=result.warmup_time_s, setup_time_s=result.setup_time_s,
-            eval_time_s=result.eval_time_s, checkpoint_time_s=result.checkpoint_time_s,
-            wall_time_s=result.wall_time_s, steps=result.step, num_iterations=result.num_iterations,
-        )  # fmt: skip
+            train_time_s=timed_seconds(events),
+            nanochat_time_s=nanochat_seconds(events),
+            warmup_time_s=stages.seconds.get("warm-up", 0.0) + (previous.warmup_time_s if previous else 0.0),
+            setup_time_s=result.setup_time_s if result else 0.0,
+            eval_time_s=stages.seconds.get("eval", 0.0),
+            checkpoint_time_s=result.checkpoint_time_s if result else 0.0,
+            wall_time_s=sum(stages.seconds.values()) + (previous.wall_time_s if previous else 0.0),
+            steps=result.step if result else (steps[-1].step + 1 if steps else 0),
+            num_iterations=record.plan["num_iterations"],
+            clock=Clock(ok=clock.ok, runner_span_s=clock.runner_span_s, saves_s=clock.saves_s, detail=clock.detail)
+            if clock
+            else None,
+        )
+    if result:
         record.throughput = Throughput(tokens_per_s=result.tokens_per_s, mfu=result.mfu)
         record.files.checkpoint = os.path.relpath(result.checkpoint, run_dir) if result.checkpoint else None
+    if status in ("preempted", "killed", "failed") and record.timing is not None:
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        record.interruptions.append(
+            Interruption(at=now_iso(), status=status, step=record.timing.steps,
+                         checkpoint_step=read_meta(ckpt)["step"] if ckpt else None, timed_s=record.timing.train_time_s)
+        )  # fmt: skip
     core = (evaluation.core or {}).get("core")
     value = evaluation.val_bpb if record.track.metric == "val_bpb" else core
     met = beats(value, record.track.threshold, record.track.higher_is_better)
@@ -294,11 +482,42 @@ def run(
     rdzv: str | None = None,
     max_steps: int | None = None,
     unofficial: bool = False,
+    checkpoint_every_s: float | None = None,
+    campaign_id: str | None = None,
 ) -> list[Path]:
-    """Run `submission` on `track` once per seed; returns the run directories."""
-    plugin = load_submission(submission)  # refuse a broken plug-in before any data or training work
-    check_submission(plugin)
-    reasons = preflight(track, nproc, nnodes)
+    """Register one run per seed (all before any starts), then run them in turn; returns the run directories."""
+    _, run_dirs = register(track, submission, seeds=seeds, runs_dir=runs_dir, data_dir=data_dir, nproc=nproc * nnodes,
+                           max_steps=max_steps, unofficial=unofficial, checkpoint_every_s=checkpoint_every_s,
+                           campaign_id=campaign_id)  # fmt: skip
+    for run_dir in run_dirs:
+        record = execute(run_dir, read_record(run_dir), nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
+        timed_s = record.timing.train_time_s if record.timing else 0.0
+        print(
+            f"run {record.run_id}: {record.status}, timed {timed_s:.1f}s, "
+            f"{record.result.metric} {record.result.value}, target met: {record.result.target_met}"
+            + (f" ({record.error})" if record.error else "")
+        )
+        if record.status == "killed":  # the others stay registered: `speedrun resume RUN_ID` runs them later
+            break
+    return run_dirs
+
+
+def register(
+    track: Track,
+    submission: str,
+    *,
+    seeds: list[int],
+    runs_dir: Path,
+    data_dir: Path | None = None,
+    nproc: int = 1,
+    max_steps: int | None = None,
+    unofficial: bool = False,
+    checkpoint_every_s: float | None = None,
+    campaign_id: str | None = None,
+) -> tuple[Campaign, list[Path]]:
+    """Prepare the track and write every seed's run directory (status registered) and the campaign file."""
+    campaign, plugin = plan_campaign(track, submission, seeds, campaign_id)
+    reasons = preflight(track, nproc, 1)
     if reasons and not unofficial:
         raise Preflight(f"{'; '.join(reasons)}: run on the track's hardware, or pass --unofficial to run anyway")
     data_dir = track_data_dir(track, data_dir)
@@ -310,26 +529,28 @@ def run(
         if not unofficial:
             raise Preflight(f"{problem}: use the track's shards, or pass --unofficial")
         reasons.append(problem)
-    tokenizer_dir = prepare_tokenizer(track, data_dir, data_hash)
+    splits = track.dataset.splits(files)
+    tokenizer_dir = prepare_tokenizer(track, splits["train"], data_hash)
     vocab = Tokenizer.load(tokenizer_dir).vocab_size
     if max_steps is not None:
         reasons.append(f"smoke run (--max-steps {max_steps})")
-    submission_ref = SubmissionRef(**provenance.submission_ref(plugin.path))
+    # What the training process may not read: the val split, the held-out split if this machine has it,
+    # the CORE eval bundle.
+    denied = [*splits["val"], *(data_dir / n for n in track.dataset.heldout_shards), eval_bundle_dir()]
     run_dirs = []
     for seed in seeds:
-        config = TrainConfig(**{**track.recipe, **plugin.config_overrides, "vocab_size": vocab, "seed": seed})
-        if track.target.metric == "val_bpb":
-            config = replace(config, eval_tokens=track.target.eval_tokens)
-        plan = plan_training(config, nproc * nnodes)  # fails here, before launching, on a bad shape
-        check_eval_budget(config, nproc * nnodes)
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{track.name}-{submission_ref.name}-s{seed}"
-        run_dir = runs_dir / run_id
+        config = TrainConfig(**track.training_config(plugin.config), vocab_size=vocab, seed=seed)
+        plan = plan_training(config, nproc)  # fails here, before launching, on a bad shape
+        check_eval_budget(config, nproc)
+        run_dir = runs_dir / f"{campaign.campaign_id}-s{seed}"
         run_dir.mkdir(parents=True, exist_ok=False)
         spec = RunSpec(
             submission=_relative(plugin.path, run_dir),
             config=asdict(config),
-            data_dir=_relative(data_dir, run_dir),
+            data_dir=_relative(write_view(run_dir / "data" / "train", {"train": splits["train"]}), run_dir),
+            val_dir=_relative(write_view(run_dir / "data" / "val", {"val": splits["val"]}), run_dir),
             tokenizer_dir=_relative(tokenizer_dir, run_dir),
+            deny_reading=[_relative(p, run_dir) for p in denied],
             device="cpu" if track.hardware.kind == "cpu" else "cuda",
             max_steps=max_steps,
             target_metric=track.target.metric,
@@ -337,25 +558,20 @@ def run(
             cpu_threads=track.hardware.cpu_threads if track.hardware.kind == "cpu" else None,
             price_per_hour=track.price_per_hour,
             gpu_count=max(track.hardware.gpu_count, 1),
+            checkpoint_every_s=checkpoint_every_s,
         )
         write_spec(run_dir, spec)
         record = RunRecord(
-            run_id=run_id,
-            status="running",
+            run_id=run_dir.name,
+            status="registered",
             official=not reasons,
             unofficial_reasons=list(reasons),
             created=now_iso(),
             command=provenance.portable_argv(sys.argv),
             seed=seed,
-            nproc=nproc * nnodes,
-            submission=submission_ref,
-            track=TrackRef(
-                name=track.name,
-                version=track.version,
-                metric=track.target.metric,
-                threshold=track.target.threshold,
-                higher_is_better=track.target.higher_is_better,
-            ),  # fmt: skip
+            nproc=nproc,
+            submission=campaign.submission,
+            track=campaign.track,
             config=asdict(config),
             plan=plan.to_dict(),
             provenance=Provenance(
@@ -370,17 +586,28 @@ def run(
             ),
         )
         write_record(run_dir, record)
-        print(f"run {run_id}: {track.name}, {submission_ref.name}, seed {seed}, {plan.num_iterations} steps")
-        record = execute(run_dir, record, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
-        timed_s = record.timing.train_time_s if record.timing else 0.0
-        print(
-            f"run {run_id}: {record.status}, timed {timed_s:.1f}s, "
-            f"{record.result.metric} {record.result.value}, target met: {record.result.target_met}"
-        )
         run_dirs.append(run_dir)
-        if record.status == "killed":
-            break
-    return run_dirs
+    write_campaign(runs_dir, campaign)
+    print(f"campaign {campaign.campaign_id}: {len(seeds)} runs registered ({track.name}, {campaign.submission.name})")
+    return campaign, run_dirs
+
+
+def plan_campaign(
+    track: Track, submission: str, seeds: list[int], campaign_id: str | None = None
+) -> tuple[Campaign, CheckedSubmission]:
+    """The campaign a `speedrun run` will register: distinct seeds, a checked submission, the runs' names."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed {repeated[0]} is given twice: every seed counts once, pass distinct seeds")
+    plugin = checked_submission(submission)  # refuse a broken plug-in before any data or training work
+    submission_ref = SubmissionRef(**provenance.submission_ref(plugin.path))
+    track_ref = TrackRef(name=track.name, version=track.version, metric=track.target.metric,
+                         threshold=track.target.threshold, higher_is_better=track.target.higher_is_better,
+                         kind=track.kind, budget_s=track.target.budget_s)  # fmt: skip
+    campaign_id = campaign_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{track.name}-{submission_ref.name}"
+    campaign = Campaign(campaign_id=campaign_id, created=now_iso(), track=track_ref, submission=submission_ref,
+                        seeds=seeds, run_ids=[f"{campaign_id}-s{seed}" for seed in seeds])  # fmt: skip
+    return campaign, plugin
 
 
 def _relative(path: Path, run_dir: Path) -> str:
@@ -389,11 +616,19 @@ def _relative(path: Path, run_dir: Path) -> str:
 
 
 def resume(run_dir: Path) -> RunRecord:
-    """Continue a run from its last checkpoint; the timer continues from the saved seconds."""
+    """Continue a run from its last checkpoint (a registered one: start it); the timer continues."""
     record = read_record(run_dir)
-    if record.status == "completed":
-        raise ValueError(f"run {record.run_id} already completed; nothing to resume")
+    if record.status in ("completed", "invalid"):
+        raise ValueError(f"run {record.run_id} is {record.status}; nothing to resume")
+    if record.status == "registered":
+        return execute(run_dir, record, nproc=record.nproc)
     write_spec(run_dir, read_spec(run_dir).model_copy(update={"resume": True}))
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if record.interruptions and ckpt is not None:  # what the resume will run again: steps after the checkpoint
+        start = read_meta(ckpt)["step"]
+        redo = [e for e in last_per_step(read_events(run_dir / record.files.events)) if e.step >= start]
+        record.interruptions[-1].redone_steps = len(redo)
+        record.interruptions[-1].lost_s = sum(e.dt_s for e in redo)
     # A preempted run that finishes is as good as one that never stopped: the timer kept counting.
     record.unofficial_reasons = [r for r in record.unofficial_reasons if not r.startswith("status ")]
     record.status, record.error, record.resumed = "running", None, record.resumed + 1

@@ -1,107 +1,86 @@
-"""The training process of one run: what `speedrun run` launches (alone or under torchrun).
+"""The training process of one run: what `speedrun run` launches (alone or under torchrun), after the warm-up.
 
     python -m harness.trainer_process RUN_DIR        # RUN_DIR/run.json (protocol.record.RunSpec) says what
 
-It trains with the frozen trainer and the submission's hooks, then evaluates the track's target
-(untimed) and writes TRAIN_RESULT_FILE (baseline.train.TrainResult) and EVAL_FILE (FinalEvaluation)
-into RUN_DIR, read back by the runner with `read_outcome`. The parent process (see
-`harness/runner.py`) owns the record, the telemetry and the logs; this file only does the work that
-needs the accelerators. Exit codes: protocol.record.EXIT_OK, EXIT_DIVERGED; anything else is a failure.
+It times every step of the frozen trainer with the submission's hooks and writes the final checkpoint
+at the last step boundary; nothing else. Its step events go into the runner's pipe (SPEEDRUN_EVENTS,
+a FIFO in the run directory), where the runner stamps them with its own clock. It is given only the
+training view of the data (links to the train shards); the guard (harness/guard.py) refuses reading
+the val and held-out shards and the eval bundle, writing outside the run directory, patches of the
+clock or of the frozen code, other thread counts, and threads or processes left running at a step
+boundary. SIGTERM or SIGUSR1 (the notice a cloud or SLURM gives before taking the machine) makes it
+save at the next step boundary and end "preempted". The final metric is computed by another, fresh
+process that never imports the submission (harness/eval_process.py). Exit codes: protocol.record.EXIT_OK,
+EXIT_DIVERGED, EXIT_INVALID (a broken rule, reported on stderr as `speedrun: invalid: ...`); anything
+else is a failure.
 """
 
 import json
+import os
+import signal
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from baseline.checkpoint import load_model
 from baseline.config import TrainConfig
 from baseline.device import destroy_runtime, init_runtime
 from baseline.train import TrainResult, train
-from eval.bpb import val_bpb, val_bpb_evaluator
-from eval.run import evaluate
-from protocol.record import EXIT_DIVERGED, EXIT_OK, RunSpec, read_spec
-from submissions.contract import load_submission
+from harness.guard import Guard, GuardViolation
+from protocol.record import EXIT_DIVERGED, EXIT_INVALID, EXIT_OK, read_spec
+from submissions.contract import SubmissionError, load_submission
 
-TRAIN_RESULT_FILE, EVAL_FILE = "train_result.json", "eval.json"
-
-
-@dataclass
-class FinalEvaluation:
-    val_bpb: float | None = None  # with the frozen kernels on the final weights
-    val_bpb_in_training: float | None = None  # the trainer's own last eval (the submission's kernels)
-    core: dict | None = None  # eval.run.evaluate's result on a CORE track
+TRAIN_RESULT_FILE = "train_result.json"
+EVENTS_PIPE_ENV = "SPEEDRUN_EVENTS"  # the path of the runner's FIFO for the step events
 
 
-def read_outcome(run_dir: Path) -> tuple[TrainResult | None, FinalEvaluation]:
-    """What a finished (or crashed) training process left in run_dir: each part None/empty if absent."""
-    train_path, eval_path = run_dir / TRAIN_RESULT_FILE, run_dir / EVAL_FILE
-    result = TrainResult(**json.loads(train_path.read_text())) if train_path.is_file() else None
-    evaluation = FinalEvaluation(**json.loads(eval_path.read_text())) if eval_path.is_file() else FinalEvaluation()
-    return result, evaluation
-
-
-def final_eval(spec: RunSpec, run_dir: Path, runtime, result: TrainResult) -> FinalEvaluation:
-    """The track's target metric on the final weights (untimed), computed with the baseline's kernels.
-
-    The checkpoint is reloaded into the frozen model (safetensors only) and evaluated again: the
-    submission's kernels that ran the in-training eval never touch the score.
-    """
-    out = FinalEvaluation(val_bpb=result.val_bpb)
-    if result.checkpoint:
-        config = TrainConfig(**spec.config)
-        model, tokenizer, _ = load_model(
-            result.checkpoint, runtime.device, runtime.compute_dtype, spec.path(run_dir, "tokenizer_dir")
-        )
-        out.val_bpb_in_training = result.val_bpb
-        out.val_bpb = val_bpb(
-            model, tokenizer, spec.path(run_dir, "data_dir"), tokens=config.eval_tokens,
-            batch_size=config.device_batch_size, seq_len=config.max_seq_len, rank=runtime.rank,
-            world_size=runtime.world_size,
-        )["bpb"]  # fmt: skip
-    if spec.target_metric == "core" and result.checkpoint:
-        out.core = evaluate(
-            checkpoint=result.checkpoint,
-            tokenizer_dir=spec.path(run_dir, "tokenizer_dir"),
-            core=True,
-            max_per_task=None if spec.core_max_per_task < 0 else spec.core_max_per_task,
-            eval_bundle=spec.eval_bundle and spec.path(run_dir, "eval_bundle"),
-            device=runtime.device,
-        )
-    return out
+def read_result(run_dir: Path) -> TrainResult | None:
+    """What a finished (or crashed) training process left in run_dir, or None."""
+    path = run_dir / TRAIN_RESULT_FILE
+    return TrainResult(**json.loads(path.read_text())) if path.is_file() else None
 
 
 def main(run_dir: str) -> int:
     run_dir = Path(run_dir)
     spec = read_spec(run_dir)
-    hooks = load_submission(spec.path(run_dir, "submission")).hooks()  # a broken plug-in stops here, before any work
-    config = TrainConfig(**spec.config)
-    runtime = init_runtime(spec.device, seed=config.seed)
-    data_dir, tokenizer_dir = spec.path(run_dir, "data_dir"), spec.path(run_dir, "tokenizer_dir")
+    guard = Guard(
+        threads=spec.cpu_threads,
+        deny_reading=spec.denied(run_dir),
+        allow_writing=[run_dir],
+    )
+    notice = []  # a preemption notice: save at the next step boundary, then exit (the runner records it)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda s, _frame: notice.append(s))
+    guard.install()
     try:
-        result = train(
-            config,
-            runtime,
-            data_dir=data_dir,
-            tokenizer_dir=tokenizer_dir,
-            out_dir=run_dir,
-            hooks=hooks,
-            resume=spec.resume,
-            stop_after_step=spec.max_steps,
-            val_bpb_fn=val_bpb_evaluator(
-                tokenizer_dir, data_dir, config.device_batch_size, config.max_seq_len, config.eval_tokens, runtime
-            ),
-        )
-        if runtime.is_master:
-            (run_dir / TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
-        if result.status == "diverged":
-            return EXIT_DIVERGED
-        evaluation = final_eval(spec, run_dir, runtime, result)
-        if runtime.is_master:
-            (run_dir / EVAL_FILE).write_text(json.dumps(asdict(evaluation), indent=2))
-        return EXIT_OK
-    finally:
-        destroy_runtime()
+        hooks = load_submission(spec.path(run_dir, "submission")).hooks()  # a broken plug-in stops here
+        guard.after_import()
+        config = TrainConfig(**spec.config)
+        runtime = init_runtime(spec.device, seed=config.seed)
+        pipe = os.environ.get(EVENTS_PIPE_ENV)
+        events = open(pipe, "w", buffering=1) if pipe and runtime.is_master else None  # noqa: SIM115
+        try:
+            result = train(
+                config,
+                runtime,
+                data_dir=spec.path(run_dir, "data_dir"),
+                tokenizer_dir=spec.path(run_dir, "tokenizer_dir"),
+                out_dir=run_dir,
+                hooks=hooks,
+                resume=spec.resume,
+                stop_after_step=spec.max_steps,
+                events_stream=events,
+                on_step_end=guard.check,
+                should_stop=lambda: bool(notice),
+                save_every_s=spec.checkpoint_every_s,
+            )
+        finally:
+            destroy_runtime()
+    except (GuardViolation, SubmissionError) as e:
+        print(f"speedrun: invalid: {e}", file=sys.stderr, flush=True)
+        return EXIT_INVALID
+    if runtime.is_master:
+        (run_dir / TRAIN_RESULT_FILE).write_text(json.dumps(asdict(result), indent=2))
+    return EXIT_DIVERGED if result.status == "diverged" else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from baseline.dataset import write_view
 from leaderboard import members, recompute
 from protocol.record import RunRecord
 from protocol.tracks import Track
@@ -264,14 +265,10 @@ def check_heldout(model, tokenizer, val_bpb: float, batch_size: int, facts: Serv
         return CheckResult("heldout", "error", facts.heldout_error, {}), None
     if not facts.heldout_files:
         return CheckResult("heldout", "skip", "the track pins no held-out shards", {}), None
-    with tempfile.TemporaryDirectory(prefix="heldout-") as view:
-        bpb = recompute.val_bpb(
-            model,
-            tokenizer,
-            data_dir=recompute.val_view(Path(view), facts.heldout_files),
-            tokens=facts.eval_tokens,
-            batch_size=batch_size,
-        )["bpb"]
+    with tempfile.TemporaryDirectory(prefix="heldout-") as tmp:
+        view = write_view(tmp, {"val": list(facts.heldout_files)})  # eval.bpb scores the view's val split
+        bpb = recompute.val_bpb(model, tokenizer, data_dir=view, tokens=facts.eval_tokens, batch_size=batch_size)
+    bpb = bpb["bpb"]
     gap = bpb - val_bpb
     evidence = {"heldout_bpb": bpb, "val_bpb": val_bpb, "gap": gap, "threshold": facts.heldout_gap_bpb}
     if not math.isfinite(gap) or gap > facts.heldout_gap_bpb:

@@ -1,6 +1,6 @@
 """The bundle members the server reads, as strict schemas, and what each must be for a track.
 
-    events = parse_events(path)                    # step/val/end/... lines, typed and bounded
+    events = parse_events(path)                    # protocol.events' typed lines, bounded
     info, samples = parse_telemetry(path)          # the info line and the samples, typed and bounded
     header = read_safetensors_header(path)         # name -> TensorEntry, offsets checked against the file
     check_model_against_track(meta, header, track) # vocab, sequence length and every tensor's shape
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from baseline.config import TrainConfig
 from baseline.gpt import GPT, GPTConfig
+from protocol.events import EndEvent, Event, parse_event
 from protocol.tracks import Track
 
 MAX_STEPS = 10_000_000  # a gpt2 run is ~10k steps: 1000x headroom, and a bound on every step index
@@ -44,65 +45,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, frozen=True)
 
 
-# ------------------------------------------------------------------ events.jsonl (baseline/train.py's EventLog)
+# ------------------------------------------------------------------ events.jsonl (protocol/events.py)
 
-
-class StepLine(_Strict):
-    event: Literal["step"]
-    step: Step
-    dt_s: Seconds
-    wall: Time  # required: the verifier compares every step's dt_s with the wall clock
-    runner_t: Time | None = None  # the runner's own monotonic stamp as the line arrived
-    loss: Number | None = None
-    smooth_loss: Number | None = None
-    lr_multiplier: Number | None = None
-    tokens_per_s: Number | None = None
-    mfu: Number | None = None
-    train_time_s: Seconds | None = None
-
-
-class ValLine(_Strict):
-    event: Literal["val"]
-    step: Step
-    val_bpb: Number
-    wall: Time
-    runner_t: Time | None = None
-
-
-class EndLine(_Strict):
-    event: Literal["end"]
-    status: Short
-    step: Step
-    num_iterations: Step
-    train_time_s: Seconds
-    warmup_time_s: Seconds = 0.0
-    setup_time_s: Seconds = 0.0
-    eval_time_s: Seconds = 0.0
-    checkpoint_time_s: Seconds = 0.0
-    wall_time_s: Seconds = 0.0
-    final_loss: Number | None = None
-    val_bpb: Number | None = None
-    min_val_bpb: Number | None = None
-    tokens_per_s: Number = 0.0
-    mfu: Number = 0.0
-    checkpoint: Short | None = None
-    wall: Time
-    runner_t: Time | None = None
-
-
-class MarkLine(_Strict):
-    """Any other event the trainer or runner writes (start, checkpoint, diverged, ...): a step, a stamp, scalars."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True, frozen=True)
-    event: Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[a-z_]+$")]
-    step: Step | None = None
-    wall: Time
-    runner_t: Time | None = None
-
-
-EventLine = StepLine | ValLine | EndLine | MarkLine
-_EVENT_KINDS = {"step": StepLine, "val": ValLine, "end": EndLine}
-MAX_EXTRA_KEYS, MAX_EXTRA_CHARS = 20, 500
+MAX_END_KEYS, MAX_END_CHARS = 40, 500  # the end line's summary: TrainResult's fields, short scalars
 
 
 def _lines(path: Path, name: str) -> Iterator[tuple[int, dict]]:
@@ -136,19 +81,19 @@ def _scalar(v) -> bool:
     return v is None or isinstance(v, bool | int | str) or (isinstance(v, float) and math.isfinite(v))
 
 
-def parse_events(path: Path, name: str = "events.jsonl") -> list[EventLine]:
-    """Every line of an events file as a typed line; ValueError (one line) at the first that does not fit."""
+def parse_events(path: Path, name: str = "events.jsonl") -> list[Event]:
+    """Every line of an events file as protocol.events' typed event (JSON's NaN refused, the end line's free
+    summary held to a few short scalars); ValueError (one line) at the first that does not fit."""
     out = []
     try:
         for i, row in _lines(path, name):
-            cls = _EVENT_KINDS.get(row.get("event"), MarkLine)
-            line = _fit(cls, row, name, i)
-            if cls is MarkLine:
-                extra = line.model_extra or {}
-                bad = [k for k, v in extra.items() if not _scalar(v) or len(str(v)) > MAX_EXTRA_CHARS]
-                if len(extra) > MAX_EXTRA_KEYS or bad:
-                    raise ValueError(f"{name} line {i} ({line.event}) holds more than a few short scalar fields")
-            out.append(line)
+            event = parse_event(row, where=f"{name} line {i}")
+            if isinstance(event, EndEvent):
+                extra = event.model_extra or {}
+                long = [k for k, v in extra.items() if not _scalar(v) or len(str(v)) > MAX_END_CHARS]
+                if len(extra) > MAX_END_KEYS or long:
+                    raise ValueError(f"{name} line {i} (end) holds more than the trainer's short summary")
+            out.append(event)
             if len(out) > 2 * MAX_STEPS:
                 raise ValueError(f"{name} has over {2 * MAX_STEPS:,} lines: more than any run writes")
     except UnicodeDecodeError as e:

@@ -53,14 +53,6 @@ def weights_format(path: Path) -> tuple[str, dict | None]:
     return "safetensors", header
 
 
-def val_view(directory: Path, files: tuple[Path, ...]) -> Path:
-    """A data dir whose val split is files[0] (eval.bpb reads the last shard by name as val): links, no copies."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("0-train.parquet", "1-val.parquet"):  # split_files needs a train shard beside the val one
-        (directory / name).symlink_to(Path(files[0]).resolve())
-    return directory
-
-
 def load_checkpoint(checkpoint_dir: Path, *, tokenizer_dir: Path, device: str = "cpu"):
     """(model, tokenizer) from a bundle's model.safetensors + meta.json, with the server's tokenizer."""
     device = torch.device(device)

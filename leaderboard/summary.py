@@ -6,7 +6,8 @@ A run page never reads events.jsonl or telemetry.jsonl (each may be 256 MiB): it
 stored with the run (Run.summary). Long series are thinned by keeping every k-th point and the last.
 """
 
-from leaderboard.members import EventLine, InfoLine, SampleLine, StepLine, ValLine
+from leaderboard.members import InfoLine, SampleLine
+from protocol.events import Event, StepEvent, ValEvent
 
 MAX_POINTS = 1000
 
@@ -18,9 +19,9 @@ def thin(points: list) -> list:
     return points[::k] + ([points[-1]] if (len(points) - 1) % k else [])
 
 
-def summarize(events: list[EventLine], info: InfoLine | None, samples: list[SampleLine]) -> dict:
-    steps = [e for e in events if isinstance(e, StepLine)]
-    val = [[e.step, e.val_bpb] for e in events if isinstance(e, ValLine)]
+def summarize(events: list[Event], info: InfoLine | None, samples: list[SampleLine]) -> dict:
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    val = [[e.step, e.val_bpb] for e in events if isinstance(e, ValEvent) and e.val_bpb is not None]
     gpu = any(s.gpus for s in samples)
     if gpu:
         labels = ("GPU power (sum, W)", "GPU utilization (mean, %)", "GPU memory (sum, GiB)")

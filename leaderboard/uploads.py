@@ -26,6 +26,7 @@ from typing import BinaryIO
 from leaderboard import members
 from leaderboard.summary import summarize
 from protocol.bundle import MEMBERS, REQUIRED, bundle_sha256
+from protocol.events import StepEvent
 from protocol.record import RECORD_FILE, RunRecord, parse_record
 from protocol.tracks import Track
 
@@ -205,7 +206,7 @@ def _validate(staged: StagedBundle, track_for: Callable[[RunRecord], Track]) -> 
         staged.weights_sha256 = members.weights_sha256(weights, start, entries)
     except ValueError as e:
         raise BundleError(422, str(e)) from None
-    if not any(isinstance(e, members.StepLine) for e in events):
+    if not any(isinstance(e, StepEvent) for e in events):
         raise BundleError(422, "events.jsonl has no step events: send the events.jsonl the trainer wrote")
     staged.summary = summarize(events, info, samples)
 

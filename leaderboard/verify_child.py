@@ -22,6 +22,7 @@ from leaderboard import checks
 from leaderboard.check_timing import check_train_time
 from leaderboard.members import parse_events
 from leaderboard.redact import redact
+from protocol.hashing import file_sha256
 from protocol.record import parse_record
 from protocol.tracks import track_from_dict
 
@@ -39,7 +40,8 @@ def run_checks(job: dict) -> tuple[list[checks.CheckResult], dict]:
         checks.check_tokenizer(record, facts),
         checks.check_hardware(record, job.get("telemetry_info"), track),
     ]
-    timing, train_time_s = check_train_time(record, parse_events(bundle_dir / "events.jsonl"), facts)
+    events = parse_events(bundle_dir / "events.jsonl")
+    timing, train_time_s = check_train_time(record, events, facts, file_sha256(bundle_dir / "model.safetensors"))
     results.append(timing)
     recomputed = {"train_time_s": train_time_s}
     weights, model_config = checks.check_weights(bundle_dir, spec)

@@ -11,7 +11,8 @@ string: the leaderboard validates uploads with the same classes, so what a runne
 server accepts cannot drift apart.
 
 Schema history: version 1 (untyped dicts, 2026-11) still loads: `read_record` upgrades it in memory
-(`upgrade_v1`: the absolute submission path is dropped, the rest keeps its meaning).
+(`upgrade_v1`: the absolute submission path is dropped and its timing restated under the every-step
+rule; the rest keeps its meaning).
 """
 
 import json
@@ -26,8 +27,14 @@ RECORD_FILE, SPEC_FILE = "record.json", "run.json"
 RECORD_SCHEMA, SPEC_SCHEMA = 2, 1
 
 # Statuses and the training process's exit codes: one table.
-STATUSES = ("running", "completed", "stopped", "failed", "diverged", "killed")
-EXIT_OK, EXIT_DIVERGED = 0, 3  # any other non-zero exit is "failed"
+#   registered  made by `speedrun run --seeds N` before any of them starts (every seed counts)
+#   running     started; completed / stopped (--max-steps) / diverged (a non-finite loss) when it ends
+#   invalid     the run broke a rule of the contract (harness/guard.py) or its clocks disagree
+#   failed / killed  a crash, or a signal (SIGINT, SIGTERM) that stopped it
+#   preempted   a SIGTERM/SIGUSR1 notice (a cloud or SLURM taking the machine): saved at a step boundary,
+#               `speedrun resume` continues it with the timer continuing
+STATUSES = ("registered", "running", "completed", "stopped", "failed", "diverged", "killed", "invalid", "preempted")
+EXIT_OK, EXIT_DIVERGED, EXIT_INVALID = 0, 3, 4  # any other non-zero exit is "failed"
 
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 HEX64 = r"^[0-9a-f]{64}$"
@@ -54,8 +61,10 @@ class RunSpec(_Strict):
     schema_version: Literal[1] = SPEC_SCHEMA
     submission: str  # the submission's folder or .py file, relative to the run directory
     config: dict[str, Scalar]  # baseline.config.TrainConfig fields
-    data_dir: str
+    data_dir: str  # the training view: links to the train shards only (baseline.dataset.write_view)
+    val_dir: str  # the eval's view: the val shards
     tokenizer_dir: str
+    deny_reading: list[str] = []  # what the training process may not open: val and held-out shards, eval bundle
     device: Literal["cpu", "cuda"]
     max_steps: int | None = None
     target_metric: Literal["val_bpb", "core"] = "val_bpb"
@@ -64,11 +73,15 @@ class RunSpec(_Strict):
     cpu_threads: int | None = None  # the track's; the harness sets the training process's threads to it
     price_per_hour: float = 0.0  # the track's, for the telemetry's cost
     gpu_count: int = 1
+    checkpoint_every_s: float | None = None  # also save every so often (spot instances); None: at the end only
     resume: bool = False
 
     def path(self, run_dir: Path, field: str) -> Path:
         """An absolute path from one of the relative path fields."""
         return (Path(run_dir) / getattr(self, field)).resolve()
+
+    def denied(self, run_dir: Path) -> list[Path]:
+        return [(Path(run_dir) / p).resolve() for p in self.deny_reading]
 
 
 def write_spec(run_dir: str | Path, spec: RunSpec) -> Path:
@@ -96,17 +109,30 @@ class TrackRef(_Strict):
     metric: Literal["val_bpb", "core"]
     threshold: float
     higher_is_better: bool
+    kind: Literal["time_to_target", "budget"] = "time_to_target"
+    budget_s: Annotated[float, Field(gt=0, le=1e7)] | None = None
+
+
+class Clock(_Strict):
+    """protocol.timing.clock_check: the trainer's step seconds against the runner's own stamps."""
+
+    ok: bool
+    runner_span_s: Seconds | None = None
+    saves_s: Seconds = 0.0
+    detail: Text
 
 
 class Timing(_Strict):
-    train_time_s: Seconds  # the timed seconds (protocol/timing.py)
-    warmup_time_s: Seconds = 0.0  # Σ dt of the untimed steps
+    train_time_s: Seconds  # the timed seconds: Σ dt over every step (protocol/timing.py)
+    nanochat_time_s: Seconds = 0.0  # Σ dt over steps > 10: nanochat's figure, for comparison
+    warmup_time_s: Seconds = 0.0  # the throwaway warm-up process (compile caches), untimed
     setup_time_s: Seconds = 0.0
     eval_time_s: Seconds = 0.0
     checkpoint_time_s: Seconds = 0.0
     wall_time_s: Seconds = 0.0
     steps: Count  # optimizer steps taken
     num_iterations: Count  # the planned horizon
+    clock: Clock | None = None
 
 
 class Result(_Strict):
@@ -231,6 +257,18 @@ class ChatTune(_Strict):
     wall_time_s: Seconds | None = None
 
 
+class Interruption(_Strict):
+    """A launch that ended before the run did (preempted or killed), and what resuming it cost."""
+
+    at: Annotated[str, Field(max_length=40)]
+    status: Literal["preempted", "killed", "failed"]
+    step: Count  # steps done when it stopped
+    checkpoint_step: Count | None = None  # where a resume starts from (None: no checkpoint yet)
+    timed_s: Seconds = 0.0  # the run's timed seconds when it stopped
+    redone_steps: Count | None = None  # filled in by the resume: steps after the checkpoint, run again
+    lost_s: Seconds | None = None  # their timed seconds, which the resumed run does not count twice
+
+
 class RunRecord(_Strict):
     schema_version: Literal[2] = RECORD_SCHEMA
     run_id: str = Field(pattern=RUN_ID)
@@ -243,6 +281,7 @@ class RunRecord(_Strict):
     seed: Annotated[int, Field(ge=0, lt=2**63)]
     nproc: Annotated[int, Field(ge=1, le=100_000)] = 1
     resumed: Annotated[int, Field(ge=0, le=10_000)] = 0  # how many times
+    interruptions: Annotated[list[Interruption], Field(max_length=10_000)] = []
     submission: SubmissionRef
     track: TrackRef
     config: dict[str, Scalar] | None = None  # the resolved TrainConfig
@@ -259,6 +298,55 @@ class RunRecord(_Strict):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+CAMPAIGNS_DIR = "campaigns"  # under a runs directory: one file per `speedrun run --seeds N`
+
+
+class Campaign(_Strict):
+    """The runs one `speedrun run` registered before any of them started: every one of them counts.
+
+    Statistics and uploads of the campaign take all of them; a run that failed, diverged, was killed
+    or never ran is a miss, never silently dropped (protocol/stats.py).
+    """
+
+    schema_version: Literal[1] = 1
+    campaign_id: str = Field(pattern=RUN_ID)
+    created: Annotated[str, Field(max_length=40)]
+    track: TrackRef
+    submission: SubmissionRef
+    seeds: Annotated[list[Annotated[int, Field(ge=0, lt=2**63)]], Field(min_length=1, max_length=10_000)]
+    run_ids: Annotated[list[Annotated[str, Field(pattern=RUN_ID)]], Field(min_length=1, max_length=10_000)]
+    server: Annotated[str, Field(max_length=2000)] | None = None  # the leaderboard that issued the run ids
+    launcher: Literal["local", "slurm", "sky"] = "local"
+    jobs: dict[Annotated[str, Field(max_length=200)], Annotated[str, Field(max_length=200)]] = {}  # run id -> job
+
+
+def write_campaign(runs_dir: str | Path, campaign: Campaign) -> Path:
+    path = Path(runs_dir) / CAMPAIGNS_DIR / f"{campaign.campaign_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write(path, campaign)
+
+
+def read_campaign(path: str | Path) -> Campaign:
+    return _parse(Campaign, json.loads(Path(path).read_text()), str(path))
+
+
+def find_campaign(name: str | Path, runs_dir: str | Path = "runs") -> Path | None:
+    """A campaign file from its path or id under runs_dir/campaigns (None if it is neither)."""
+    for candidate in (Path(name), Path(runs_dir) / CAMPAIGNS_DIR / f"{name}.json"):
+        if candidate.is_file() and candidate.suffix == ".json":
+            return candidate
+    return None
+
+
+def find_campaigns_of(run_ids: list[str], runs_dir: str | Path = "runs") -> list[Path]:
+    """The campaign files under runs_dir that registered any of `run_ids`."""
+    wanted, found = set(run_ids), []
+    for path in sorted((Path(runs_dir) / CAMPAIGNS_DIR).glob("*.json")):
+        if wanted & set(read_campaign(path).run_ids):
+            found.append(path)
+    return found
 
 
 def now_iso() -> str:
@@ -295,8 +383,18 @@ def parse_record(raw, *, where: str = "the record") -> RunRecord:
 
 
 def upgrade_v1(raw: dict) -> dict:
-    """Schema 1 -> 2: the same fields, minus the machine paths and free-form keys version 2 dropped."""
+    """Schema 1 -> 2: the machine paths dropped, and the timing restated under the every-step rule.
+
+    Version 1 timed steps > 10 (train_time_s) and kept steps 0..10 apart (warmup_time_s); version 2
+    times every step and keeps the steps > 10 sum as nanochat_time_s.
+    """
     out = dict(raw, schema_version=2)
+    if isinstance(raw.get("timing"), dict):
+        t = raw["timing"]
+        out["timing"] = {k: v for k, v in t.items() if k != "warmup_time_s"} | {
+            "train_time_s": (t.get("train_time_s") or 0.0) + (t.get("warmup_time_s") or 0.0),
+            "nanochat_time_s": t.get("train_time_s") or 0.0,
+        }
     out["submission"] = {k: raw["submission"].get(k) for k in ("name", "hash")}
     if isinstance(raw.get("provenance"), dict):
         prov = dict(raw["provenance"])

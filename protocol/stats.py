@@ -10,10 +10,12 @@ seeds rejects "the mean metric does not beat the target" at p < RECORD_P_VALUE. 
 for a higher-is-better metric (CORE) and mean < target for a lower-is-better one (val bpb). CORE moves
 by ~0.016 across seeds of one command, so a single lucky seed is not a record.
 
-Which runs count: a run with a status other than COUNTED_STATUSES (failed, diverged, killed, stopped,
-still running), or whose metric is missing or not finite (a NaN loss, a run killed before its eval),
-is left out of every statistic and listed under `excluded` with its reason, so a summary always says
-how many runs it dropped.
+Which runs count: every registered run does. A run with a status other than COUNTED_STATUSES (failed,
+diverged, killed, invalid, stopped, never run), or whose metric is missing or not finite (a NaN loss, a
+run killed before its eval), is a miss: left out of the mean and the test, listed under `excluded`
+with its reason, counted in `n_missed`, and a set with a miss does not meet the record rule (no seed
+can be dropped to improve the set). A seed that appears twice counts once (two runs of one seed are
+one sample, not two: their zero variance would fake significance).
 
 Degenerate cases, decided here rather than left to scipy's NaNs and warnings:
   - no runs left: every statistic is None, p_value None;
@@ -103,14 +105,21 @@ def summarize(
     values = pd.to_numeric(df[metric], errors="coerce").astype(float)
     status = df["status"] if "status" in df else pd.Series([None] * len(df), index=df.index)
     run_ids = df["run_id"] if "run_id" in df else pd.Series(df.index, index=df.index)
-    keep, excluded = [], []
+    seeds = df["seed"] if "seed" in df else pd.Series([math.nan] * len(df), index=df.index)
+    keep, excluded, seen_seeds, missed = [], [], set(), 0
     for i in df.index:
-        if isinstance(status[i], str) and status[i] not in COUNTED_STATUSES:
-            reason = f"status {status[i]}"
+        seed = seeds[i]
+        if not pd.isna(seed) and seed in seen_seeds:
+            reason = f"seed {int(seed)} is already counted: each seed counts once"
+        elif isinstance(status[i], str) and status[i] not in COUNTED_STATUSES:
+            reason, missed = f"status {status[i]}: a miss", missed + 1
         elif not math.isfinite(values[i]):
-            reason = "metric missing" if math.isnan(values[i]) else f"metric {values[i]}"
+            why = "metric missing" if math.isnan(values[i]) else f"metric {values[i]}"
+            reason, missed = f"{why}: a miss", missed + 1
         else:
             keep.append(i)
+            if not pd.isna(seed):
+                seen_seeds.add(seed)
             continue
         excluded.append({"run_id": None if pd.isna(run_ids[i]) else str(run_ids[i]), "reason": reason})
 
@@ -125,6 +134,7 @@ def summarize(
         "n": n,
         "n_total": len(df),
         "n_excluded": len(excluded),
+        "n_missed": missed,
         "excluded": excluded,
         "metric_mean": _stat(x.mean()) if n else None,
         "metric_std": _stat(x.std(ddof=1)) if n >= 2 else None,
@@ -148,7 +158,8 @@ def summarize(
     else:
         test = sps.ttest_1samp(x, target, alternative=alternative)
         summary["t_statistic"], summary["p_value"] = float(test.statistic), float(test.pvalue)
-    summary["meets_record"] = summary["p_value"] is not None and summary["p_value"] < RECORD_P_VALUE
+    # Every registered seed counts: a set with a miss is not a record, however good the rest.
+    summary["meets_record"] = summary["p_value"] is not None and summary["p_value"] < RECORD_P_VALUE and not missed
     return summary
 
 
@@ -167,6 +178,68 @@ def _time_stats(df: pd.DataFrame, keep: list, time_key: str) -> dict:
         "time_min_s": _stat(t.min()) if len(t) else None,
         "time_max_s": _stat(t.max()) if len(t) else None,
     }
+
+
+# ------------------------------------------------------------------ two sets of runs
+
+
+def compare(a: list[float], b: list[float], *, lower_is_better: bool, alpha: float = RECORD_P_VALUE) -> dict:
+    """Is B better than A? Welch's t-test, the mean difference B − A with its 95% CI, and Hedges' g.
+
+    `verdict` is "better" when the one-sided test in B's favour gives p < alpha, "worse" when the one
+    against it does, else "inconclusive" (also with fewer than 2 values on a side). The CI of the
+    difference uses the Welch–Satterthwaite degrees of freedom; g is Cohen's d on the pooled standard
+    deviation with Hedges' small-sample correction, signed so that positive means B is better.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out = {"n_a": len(x), "n_b": len(y), "mean_a": _stat(x.mean()) if len(x) else None,
+           "mean_b": _stat(y.mean()) if len(y) else None, "std_a": _stat(x.std(ddof=1)) if len(x) > 1 else None,
+           "std_b": _stat(y.std(ddof=1)) if len(y) > 1 else None, "diff": None, "ci95": None, "t": None,
+           "p_two_sided": None, "p_better": None, "p_worse": None, "hedges_g": None, "verdict": "inconclusive",
+           "lower_is_better": lower_is_better, "alpha": alpha}  # fmt: skip
+    if len(x) < 2 or len(y) < 2:
+        out["reason"] = "a comparison needs at least 2 runs on each side"
+        return out
+    diff = float(y.mean() - x.mean())
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(va + vb)
+    out["diff"] = diff
+    if se == 0:  # both sides constant: the sign of the difference decides, with certainty
+        better = diff < 0 if lower_is_better else diff > 0
+        out.update(
+            p_two_sided=0.0 if diff else 1.0,
+            p_better=0.0 if better else 1.0,
+            p_worse=1.0 if better or not diff else 0.0,
+        )
+    else:
+        df = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
+        t = diff / se
+        half = float(sps.t.ppf(0.975, df)) * se
+        out.update(t=float(t), ci95=[diff - half, diff + half], p_two_sided=float(2 * sps.t.sf(abs(t), df)))
+        p_lower, p_higher = float(sps.t.cdf(t, df)), float(sps.t.sf(t, df))  # H1: B's mean is lower / higher
+        out["p_better"], out["p_worse"] = (p_lower, p_higher) if lower_is_better else (p_higher, p_lower)
+    pooled = math.sqrt(((len(x) - 1) * x.var(ddof=1) + (len(y) - 1) * y.var(ddof=1)) / (len(x) + len(y) - 2))
+    if pooled > 0:
+        correction = 1 - 3 / (4 * (len(x) + len(y)) - 9)
+        out["hedges_g"] = (-diff if lower_is_better else diff) / pooled * correction
+    if out["p_better"] < alpha:
+        out["verdict"] = "better"
+    elif out["p_worse"] < alpha:
+        out["verdict"] = "worse"
+    return out
+
+
+def format_comparison(c: Mapping, what: str, unit: str = "") -> str:
+    """One line: B vs A on `what`, the difference with its CI, the effect size, p and the verdict."""
+    if c["diff"] is None:
+        return f"  {what}: {c['verdict']} ({c.get('reason', 'no data')})"
+    ci = f" [{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]" if c["ci95"] else ""
+    g = f", g = {c['hedges_g']:+.2f}" if c["hedges_g"] is not None else ""
+    direction = "lower" if c["lower_is_better"] else "higher"
+    return (
+        f"  {what}: {c['mean_a']:.4g} -> {c['mean_b']:.4g}{unit} (diff {c['diff']:+.4g}{ci}{g}); "
+        f"p(better) = {c['p_better']:.3g}, p(worse) = {c['p_worse']:.3g} ({direction} is better): {c['verdict']}"
+    )
 
 
 # ------------------------------------------------------------------ export and display
@@ -211,6 +284,9 @@ def format_summary(s: Mapping) -> str:
         t = f"t = {s['t_statistic']:.3f}, " if s["t_statistic"] is not None else ""
         why = f" ({s['p_value_reason']})" if s["p_value_reason"] else ""
         lines.append(f"  {t}p = {s['p_value']:.3g}{why}; {test}")
+    if s.get("n_missed"):
+        miss = "run is a miss" if s["n_missed"] == 1 else "runs are misses"
+        lines.append(f"  {s['n_missed']} registered {miss} (failed, killed, diverged or never ran): every seed counts")
     verdict = "meets" if s["meets_record"] else "does not meet"
-    lines.append(f"  {verdict} the record rule (p < {s['record_p_value']})")
+    lines.append(f"  {verdict} the record rule (p < {s['record_p_value']}, no misses)")
     return "\n".join(lines)

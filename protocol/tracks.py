@@ -37,12 +37,23 @@ class Hardware:
 class Dataset:
     source: str  # "local" (a directory the user passes) or "climbmix" (downloadable)
     description: str = ""
-    shards: tuple[str, ...] = ()  # exact file names, when pinned
+    shards: tuple[str, ...] = ()  # the public shards (train and val), exact file names, when pinned
+    val_shards: tuple[str, ...] = ()  # which of them are the val split; () = the last one (nanochat's rule)
     num_train_shards: int | None = None  # ClimbMix shards 0..n-1 (+ the val shard), when not listed
-    content_hash: str = ""  # protocol.hashing.data_fingerprint of the shards; "" = not pinned yet
+    content_hash: str = ""  # protocol.hashing.data_fingerprint of the public shards; "" = not pinned yet
     default_dir: str | None = None  # relative to the repository
-    heldout_shards: tuple[str, ...] = ()  # shards of the same source only the server holds (it scores on them too)
-    heldout_hash: str = ""  # protocol.hashing.data_fingerprint of the held-out shards
+    # The held-out split: shards of the same source that only the leaderboard holds (a submitter never
+    # has them), pinned by fingerprint; the server scores uploaded weights on them next to val bpb.
+    heldout_shards: tuple[str, ...] = ()
+    heldout_hash: str = ""
+
+    def splits(self, files: list[Path]) -> dict[str, list[Path]]:
+        """{"train": [...], "val": [...]} of the track's public files (in name order)."""
+        val_names = set(self.val_shards) or {files[-1].name}
+        return {
+            "train": [f for f in files if f.name not in val_names],
+            "val": [f for f in files if f.name in val_names],
+        }
 
 
 @dataclass(frozen=True)
@@ -59,18 +70,24 @@ def beats(value: float | None, threshold: float, higher_is_better: bool) -> bool
     return value > threshold if higher_is_better else value < threshold
 
 
+KINDS = ("time_to_target", "budget")
+
+
 @dataclass(frozen=True)
 class Target:
     metric: str  # "val_bpb" or "core"
     higher_is_better: bool
-    threshold: float
+    threshold: float  # time_to_target: the metric to reach; budget: unused (the baseline's mean, for reference)
     eval_tokens: int = 41_943_040  # val bpb budget (tokens)
     core_max_per_task: int = -1  # -1 = every example (an official CORE)
+    budget_s: float | None = None  # a budget track: timed seconds of training, then the metric is what counts
 
     def met(self, value: float | None) -> bool | None:
         return beats(value, self.threshold, self.higher_is_better)
 
     def describe(self) -> str:
+        if self.budget_s:
+            return f"best {self.metric} in {self.budget_s:g} s"
         if not self.threshold:
             return f"{self.metric}: target not set"
         return f"{self.metric} {'>' if self.higher_is_better else '<'} {self.threshold:g}"
@@ -78,6 +95,9 @@ class Target:
 
 @dataclass(frozen=True)
 class Track:
+    """A track: time_to_target (the fewest timed seconds to reach the target metric, nanochat's game) or
+    budget (the best metric after a fixed budget of timed seconds, autoresearch's game)."""
+
     name: str
     version: int
     description: str
@@ -89,7 +109,16 @@ class Track:
     target: Target
     recipe: dict  # TrainConfig fields of the reference run
     calibration: dict = field(default_factory=dict)
+    kind: str = "time_to_target"  # KINDS
     path: Path | None = field(default=None, compare=False)  # where it was read from (never serialized)
+
+    def training_config(self, overrides: dict | None = None) -> dict:
+        """TrainConfig fields: the recipe, a submission's overrides, then what the track itself fixes
+        (the eval's token budget, a budget track's seconds)."""
+        fixed = {"eval_tokens": self.target.eval_tokens} if self.target.metric == "val_bpb" else {}
+        if self.kind == "budget":
+            fixed["time_budget_s"] = self.target.budget_s
+        return {**self.recipe, **(overrides or {}), **fixed}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -118,16 +147,13 @@ def track_from_dict(raw: dict, path: Path | None = None) -> Track:
         price_per_hour=float(raw["price_per_hour"]),
         hardware=Hardware(**raw["hardware"]),
         dataset=Dataset(
-            **{
-                **raw["dataset"],
-                "shards": tuple(raw["dataset"].get("shards", ())),
-                "heldout_shards": tuple(raw["dataset"].get("heldout_shards", ())),
-            }
+            **raw["dataset"] | {k: tuple(raw["dataset"].get(k, ())) for k in ("shards", "val_shards", "heldout_shards")}
         ),
         tokenizer=TokenizerSpec(**raw["tokenizer"]),
         target=Target(**raw["target"]),
         recipe=dict(raw["recipe"]),
         calibration=dict(raw.get("calibration", {})),
+        kind=raw.get("kind", "time_to_target"),
         path=path,
     )
 
@@ -135,10 +161,13 @@ def track_from_dict(raw: dict, path: Path | None = None) -> Track:
 def load_track(name_or_path: str | Path) -> Track:
     path = track_path(name_or_path)
     try:
-        return track_from_dict(tomllib.loads(path.read_text()), path)
+        track = track_from_dict(tomllib.loads(path.read_text()), path)
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as e:
         problem = f"{type(e).__name__}: {e}"
         raise ValueError(f"track file {path.name} is malformed ({problem}); compare with cpu-books.toml") from e
+    if track.kind not in KINDS or (track.kind == "budget") != bool(track.target.budget_s):
+        raise ValueError(f"track file {path.name}: kind {track.kind!r} needs [target] budget_s exactly when 'budget'")
+    return track
 
 
 def list_tracks() -> list[Track]:

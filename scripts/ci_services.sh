@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Services the leaderboard tests need on a fresh Debian machine (run as root; idempotent, quick when done):
 #   - PostgreSQL from Debian's packages, listening on 127.0.0.1:5432, with user/database `speedrun_test`;
-#   - Debian's chromium + chromium-driver for the page tests (selenium drives the system browser).
+#   - Debian's chromium + chromium-driver for the page tests (selenium drives the system browser);
+#   - bubblewrap (bwrap) for the sandbox that re-runs submissions (tests/test_sandbox.py).
 # It prints the DATABASE_URL to export so the PostgreSQL tests run instead of skipping:
 #   eval "$(bash scripts/ci_services.sh)"    # sets LEADERBOARD_TEST_DATABASE_URL
 # Everything else goes to stderr. Set CI_SERVICES_SKIP_CHROMIUM=1 to leave the browser out.
@@ -13,6 +14,7 @@ PG_DB=speedrun_test
 log() { echo "ci_services: $*" >&2; }
 
 need=()
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ "${CI_SERVICES_SKIP_CHROMIUM:-0}" != 1 ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)

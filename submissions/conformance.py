@@ -96,7 +96,7 @@ def check_optimizer(sub: Submission, *, device: str = "cpu") -> None:
     before = [p.detach().clone() for p in model.parameters()]
     loss = _call(where, "the model's forward with its kernels", model, x, x.roll(-1, dims=1))
     _call(where, "the model's backward with its kernels", loss.backward)
-    _call(where, "the schedule", apply_schedule, optimizer, schedule, 0)
+    _call(where, "the schedule", apply_schedule, optimizer, schedule, 0, 0.0)
     _call(where, "optimizer.step()", optimizer.step)
     params = list(model.parameters())
     if not all(torch.isfinite(p).all() for p in params):
@@ -108,20 +108,21 @@ def check_optimizer(sub: Submission, *, device: str = "cpu") -> None:
 
 
 def check_schedule(sub: Submission) -> None:
-    """The schedule gives a finite number for each of its three values at every step, lr multiplier ≥ 0."""
+    """The schedule gives a finite number for each of its three values at every (step, progress), lr multiplier ≥ 0."""
     where = f"submission {sub.name}"
     plan = check_plan(sub)
     schedule = _call(where, "build_schedule", sub.hooks().build_schedule, plan)
     for step in range(plan.num_iterations + 1):
+        progress = step / plan.num_iterations
         for value in ("lr_multiplier", "muon_momentum", "muon_weight_decay"):
             method = getattr(schedule, value, None)
             if method is None:
-                raise SubmissionError(f"{where}: the schedule has no {value}(step): see contract.Schedule")
-            got = _call(where, f"schedule.{value}({step})", method, step)
+                raise SubmissionError(f"{where}: the schedule has no {value}(step, progress): see contract.Schedule")
+            got = _call(where, f"schedule.{value}({step}, {progress:.3g})", method, step, progress)
             if not isinstance(got, int | float) or not math.isfinite(got) or (value == "lr_multiplier" and got < 0):
                 raise SubmissionError(
-                    f"{where}: schedule.{value}({step}) = {got!r} of {plan.num_iterations} steps: return a finite float"
-                    f"{' ≥ 0' if value == 'lr_multiplier' else ''}"
+                    f"{where}: schedule.{value}({step}, {progress:.3g}) = {got!r} of {plan.num_iterations} steps: "
+                    f"return a finite float{' ≥ 0' if value == 'lr_multiplier' else ''}"
                 )
 
 

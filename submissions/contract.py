@@ -12,7 +12,7 @@ baseline's:
     METADATA = {"authors": ["Ada"], "description": "one line: what changes and why it should be faster"}
     CONFIG = {"matrix_lr": 0.03}                   # TrainConfig overrides, fields of ALLOWED_OVERRIDES only
     def build_optimizer(model, plan, compute_dtype) -> torch.optim.Optimizer: ...   # BuildOptimizer
-    def build_schedule(plan) -> Schedule: ...      # BuildSchedule: lr / Muon momentum / Muon wd per step
+    def build_schedule(plan) -> Schedule: ...      # BuildSchedule: lr / Muon momentum / Muon wd per (step, progress)
     KERNELS = {"rms_norm": my_rms_norm}            # equivalent replacements, names from KERNEL_SPECS
 
 The frozen trainer (`baseline/train.py`) owns the loop, the data stream, the clock and the eval; a
@@ -38,9 +38,30 @@ Enforced here (refused before training, with one line that names the problem and
   tolerance; the schedule gives finite numbers at every step; the optimizer holds every trainable
   parameter exactly once and one step trains. The runner calls it once, before the first seed.
 - `check_eval_budget(config, world_size)`: the resolved config scores exactly the track's val tokens.
-Enforced by the harness: the data, tokenizer, eval bundle and code are hashed into every record.
-Not enforceable by a test, so a rule for reviewers: a kernel must not behave differently on shapes,
-dtypes or devices the checks do not try (they run in fp32; a GPU path must compute the same function).
+Enforced by the harness while the submission runs (harness/guard.py, harness/runner.py; the run ends
+`invalid` with one line; tests/test_trust.py tries each):
+- every training step is timed, from step 0 (protocol/timing.py); compile warm-up happens in a separate
+  throwaway process that reads no data; the runner, which never imports a submission, stamps every
+  step event with its own clock, and the run is invalid when the two clocks disagree;
+- the submission's code may not patch `time`, `torch.cuda.synchronize`, `torch.set_num_threads` or any
+  attribute of the frozen packages (protocol, baseline, eval, harness): compared after the import and
+  after every step;
+- no thread or process it started may be alive at a step boundary, and the thread count is the track's;
+- the training process never sees the val or held-out data or the eval bundle (not in its data view;
+  reading them is refused), and writes only into its run directory;
+- the final metric is computed in a fresh process that never imports the submission, on a checkpoint
+  the runner pinned by its hash at the last step boundary.
+Enforced by the harness and the server: the data, tokenizer, eval bundle and code are hashed into
+every record; the leaderboard re-runs submissions in a sandbox and compares (the decisive check).
+Not enforceable in-process, so rules for reviewers (and why):
+- a kernel must not behave differently on shapes, dtypes or devices the checks do not try (they run in
+  fp32 on CPU; a GPU path must compute the same function);
+- no work may hide from the checks by a route Python's audit hooks and attribute snapshots cannot see:
+  native code that opens files or starts threads itself, code compiled under a frozen module's file
+  name, a patch that restores itself before the step boundary (the runner's clock still sees its
+  effect on time; a re-run in the server's sandbox sees any effect on the result);
+- no state may be carried from one run to another outside the run directory (a machine's other files
+  are not walled off locally; the server's re-run starts from nothing).
 """
 
 import difflib
@@ -115,6 +136,7 @@ FORBIDDEN_OVERRIDES = {
     "vocab_size": "the tokenizer is the track's; the trainer takes the vocabulary from it",
     "eval_every": "evaluation is the harness's: when it runs is not the submission's choice",
     "eval_tokens": "the eval budget is the track's target definition",
+    "time_budget_s": "a fixed-budget track's budget is what every submission is measured in",
     "save_every": "checkpoint cadence belongs to whoever runs the job (spot instances), not to the recipe",
     "seed": "the harness assigns seeds; choosing them would pick the lucky ones",
 }
@@ -124,11 +146,15 @@ FORBIDDEN_OVERRIDES = {
 
 
 class Schedule(Protocol):
-    """What `build_schedule` returns (`baseline.schedule.Schedule` is the baseline's): finite floats."""
+    """What `build_schedule` returns (`baseline.schedule.Schedule` is the baseline's): finite floats.
 
-    def lr_multiplier(self, step: int) -> float: ...  # every group's lr = initial_lr × this
-    def muon_momentum(self, step: int) -> float: ...  # set on groups with kind 'muon'
-    def muon_weight_decay(self, step: int) -> float: ...  # set on groups with kind 'muon'
+    `progress` in [0, 1] is the fraction of the run done: step / num_iterations on a track with a step
+    horizon, timed seconds / budget on a fixed-budget track (where the step count is not known ahead).
+    """
+
+    def lr_multiplier(self, step: int, progress: float) -> float: ...  # every group's lr = initial_lr × this
+    def muon_momentum(self, step: int, progress: float) -> float: ...  # set on groups with kind 'muon'
+    def muon_weight_decay(self, step: int, progress: float) -> float: ...  # set on groups with kind 'muon'
 
 
 # build_optimizer(model, plan, compute_dtype): every trainable parameter of `model` in exactly one

@@ -38,7 +38,8 @@ METADATA = {{
 #     groups = build_param_groups(model, **plan.optimizer_kwargs())
 #     return MuonAdamW(groups, compute_dtype=compute_dtype)
 
-# The schedule: lr multiplier, Muon momentum and Muon weight decay at each step (contract.Schedule).
+# The schedule: lr multiplier, Muon momentum and Muon weight decay at each (step, progress in [0, 1])
+# (contract.Schedule; progress is the fraction of the run done, by steps or by the time budget).
 # def build_schedule(plan):
 #     return plan.schedule()  # baseline.schedule.Schedule
 

@@ -20,6 +20,7 @@ from baseline.dataset import (
     read_manifest,
     shard_name,
     split_files,
+    write_view,
 )
 
 
@@ -203,3 +204,15 @@ def test_missing_shard_and_bad_index_fail_clearly(server, tmp_path):
         download_shards([1], tmp_path, base_url=server.url, backoff_s=0, progress=False, retries=2)
     with pytest.raises(ValueError, match=r"out of range: ClimbMix has shards 0..6542"):
         download_shards([6543], tmp_path, base_url=server.url, progress=False)
+
+
+def test_a_data_view_declares_its_splits_and_lacks_the_others(pretrain_dir, tmp_path):
+    files = list_shards(pretrain_dir)
+    view = write_view(tmp_path / "train", {"train": files[:2]})
+    assert split_files(view, "train") == [view / f.name for f in files[:2]]
+    assert (view / files[0].name).resolve() == files[0].resolve()  # links, not copies
+    assert not (view / files[-1].name).exists()  # the val shard is not in a training view
+    with pytest.raises(ValueError, match="without a val split"):
+        split_files(view, "val")
+    val = write_view(tmp_path / "val", {"val": files[-1:]})
+    assert split_files(val, "val") == [val / files[-1].name]

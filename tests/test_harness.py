@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from harness import runner
+from protocol.events import read_events
 from protocol.record import read_record
 from protocol.tracks import load_track
 from tests.conftest import PRETRAIN, REPO
@@ -95,10 +96,14 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
     assert record.status == "completed" and record.official, record.unofficial_reasons
     assert record.seed == 7 and record.config["seed"] == 7
     timing = record.timing
-    steps = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    timed = sum(e["dt_s"] for e in steps if e["event"] == "step" and e["step"] > 10)
-    assert timing.train_time_s == pytest.approx(timed, rel=1e-9) and timing.steps == 14
-    assert timing.eval_time_s > 0 and timing.wall_time_s > timing.train_time_s + timing.eval_time_s
+    events = read_events(run_dir / "events.jsonl")
+    steps = [e for e in events if e.event == "step"]
+    assert [e.step for e in steps] == list(range(14)) and all(e.runner_t is not None for e in events)
+    assert timing.train_time_s == pytest.approx(sum(e.dt_s for e in steps), rel=1e-9) and timing.steps == 14
+    assert timing.nanochat_time_s == pytest.approx(sum(e.dt_s for e in steps if e.step > 10), rel=1e-9)
+    assert timing.clock.ok and timing.clock.runner_span_s >= timing.train_time_s - 0.1, timing.clock
+    assert timing.warmup_time_s > 0 and timing.eval_time_s > 0  # the warm-up and eval processes, untimed
+    assert timing.wall_time_s > timing.train_time_s + timing.eval_time_s + timing.warmup_time_s
     result = record.result
     assert result.metric == "val_bpb" and 0 < result.value < 10 and result.target_met is True
     # Samples cover the whole run; the summary covers the timed steps (too short here for a 1 Hz sample).
@@ -109,6 +114,8 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
     assert len(prov.code["baseline"]) == 64
     for name in ("events.jsonl", "telemetry.jsonl", "train.log", "run.json"):
         assert (run_dir / name).is_file(), name
+    assert not (run_dir / "warmup").exists() and not (run_dir / "events.fifo").exists()  # thrown away
+    assert not (run_dir / "data" / "train" / "shard_00004.parquet").exists()  # the training view lacks val
     assert (run_dir / record.files.checkpoint / "model.safetensors").is_file()
     # No path of this machine in what a run leaves behind (run.json, the record, the checkpoint's meta).
     for name in ("run.json", "record.json", f"{record.files.checkpoint}/meta.json"):
@@ -116,7 +123,8 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
         assert str(tmp_path) not in text and str(Path.home()) not in text, name
 
 
-def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupted_run(tmp_path):
+def test_sigterm_preempts_and_resume_finishes_like_an_uninterrupted_run(tmp_path):
+    """SIGTERM (a cloud's or SLURM's notice): saved at the next step boundary, resumed there, same losses."""
     track_file = write_track(tmp_path, steps=16)
     runs = tmp_path / "runs"
     proc = speedrun_cli("run", "baseline", "--track", track_file, "--runs-dir", runs, "--seed-list", 3,
@@ -124,7 +132,7 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     deadline = time.monotonic() + 240
     run_dir = None
     while time.monotonic() < deadline:  # wait for the first checkpoint (step 4) and a step beyond it
-        run_dirs = list(runs.glob("*")) if runs.is_dir() else []
+        run_dirs = [d for d in runs.glob("*") if (d / "run.json").is_file()] if runs.is_dir() else []
         if run_dirs and (run_dirs[0] / "checkpoints" / "step_000004").is_dir():
             events = (run_dirs[0] / "events.jsonl").read_text().splitlines()
             if len(events) >= 6:
@@ -133,9 +141,12 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
         time.sleep(0.2)
     assert run_dir is not None, proc.communicate()[0]
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    killed = read_record(run_dir)
-    assert killed.status == "killed" and not killed.official
+    proc.wait(timeout=120)
+    preempted = read_record(run_dir)
+    assert preempted.status == "preempted" and not preempted.official, preempted.error
+    [stop] = preempted.interruptions
+    assert stop.status == "preempted" and stop.checkpoint_step == stop.step >= 5  # saved at the boundary it reached
+    assert preempted.timing.train_time_s == pytest.approx(stop.timed_s) and stop.timed_s > 0  # seconds so far, no nan
     assert (run_dir / "train.log").is_file() and (run_dir / "telemetry.jsonl").stat().st_size > 0
 
     resume = speedrun_cli("resume", run_dir.name, "--runs-dir", runs, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -143,6 +154,7 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     resumed = read_record(run_dir)
     assert resumed.status == "completed", output
     assert resumed.resumed == 1 and resumed.official
+    assert resumed.interruptions[0].redone_steps == 0 and resumed.interruptions[0].lost_s == 0  # nothing redone
 
     [full_dir] = runner.run(load_track(track_file), "baseline", seeds=[3], runs_dir=tmp_path / "full")
     losses = {}
@@ -154,14 +166,30 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     assert losses[run_dir] == pytest.approx(losses[full_dir], rel=1e-6)
     full = read_record(full_dir)
     assert resumed.result.value == pytest.approx(full.result.value, rel=1e-6)
-    # The timer continued: the resumed run's timed seconds cover all 5 timed steps, as the full run's do.
-    assert resumed.timing.train_time_s > 0.5 * full.timing.train_time_s
+    # The timer continued: the resumed run's timed seconds are its 16 steps', from both launches.
+    events = read_events(run_dir / "events.jsonl")
+    assert resumed.timing.train_time_s == pytest.approx(sum(e.dt_s for e in events if e.event == "step"), rel=1e-9)
+    assert resumed.timing.clock.ok and sum(e.event == "start" for e in events) == 2  # two launches, both clocks agree
+
+
+def test_sigint_kills_and_the_record_keeps_the_seconds_so_far(tmp_path):
+    runs = tmp_path / "runs"
+    proc = speedrun_cli("run", "baseline", "--track", write_track(tmp_path, steps=40), "--runs-dir", runs,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    run_dir = wait_for_steps(runs, 4, proc)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0].decode()
+    record = read_record(run_dir)
+    assert record.status == "killed" and record.interruptions[0].status == "killed", out
+    assert (
+        record.timing.train_time_s > 0 and "timed nan" not in out and f"timed {record.timing.train_time_s:.1f}s" in out
+    )
 
 
 def wait_for_steps(runs: Path, n: int, proc) -> Path:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        run_dirs = list(runs.glob("*")) if runs.is_dir() else []
+        run_dirs = [d for d in runs.glob("*") if (d / "run.json").is_file()] if runs.is_dir() else []
         events = run_dirs[0] / "events.jsonl" if run_dirs else None
         if events and events.is_file() and len(events.read_text().splitlines()) >= n:
             return run_dirs[0]

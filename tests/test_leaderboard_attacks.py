@@ -268,7 +268,7 @@ def test_record_shapes_that_gave_500s_are_422_and_leave_nothing(env, golden_bund
         r = upload(env, edited(b, tmp_path, edit), env.alice)
         assert r.status_code == 422, (i, r.status_code, r.text)
     step_loss = dict(b, **{"events.jsonl": tmp_path / "loss.jsonl"})
-    step_loss["events.jsonl"].write_text(b["events.jsonl"].read_text().replace('"loss": 8.3', '"loss": "8.3"', 1))
+    step_loss["events.jsonl"].write_text(b["events.jsonl"].read_text().replace('"loss": 8.3', '"loss": "low"', 1))
     assert upload(env, step_loss, env.alice).status_code == 422  # a string loss never reaches a page
     assert leftovers(env) == [] and env.client.get("/api/runs").json() == []
 

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from leaderboard.check_timing import GAP_SLACK_FRACTION, GAP_SLACK_PER_STEP_S, GAP_SLACK_S, check_train_time
 from leaderboard.checks import ServerFacts
-from leaderboard.members import EndLine, MarkLine, StepLine, ValLine, parse_events
+from leaderboard.members import parse_events
+from protocol.events import parse_event
 from protocol.record import parse_record
+from protocol.timing import CLOCK_SLACK_FRACTION, CLOCK_SLACK_S
 from tests import leaderboard_fixtures as fixtures
 
 FACTS = ServerFacts(
@@ -29,7 +31,6 @@ FACTS = ServerFacts(
     eval_bundle=None,
     eval_tokens=4096,
 )
-LINES = {"step": StepLine, "val": ValLine, "end": EndLine}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def honest(tmp_path_factory):
         pytest.skip(why)
     paths = fixtures.make_bundle(tmp_path_factory.mktemp("forgery"), run_id="honest", seed=3, n_steps=30)
     record = json.loads(paths["record.json"].read_text())
-    events = [e.model_dump(exclude_none=True) for e in parse_events(paths["events.jsonl"])]
+    events = [json.loads(e.line()) for e in parse_events(paths["events.jsonl"])]
     return record, events
 
 
@@ -47,7 +48,7 @@ def verdict(record: dict, events: list[dict]):
     lines = []
     for e in events:
         try:
-            lines.append(LINES.get(e.get("event"), MarkLine).model_validate(e))
+            lines.append(parse_event(e))
         except ValueError:
             return None  # the upload refuses it (422): it never reaches the verifier
     return check_train_time(parse_record(record), lines, FACTS)
@@ -60,6 +61,10 @@ def fails(record: dict, events: list[dict], words: str = "") -> bool:
 
 def steps_of(events):
     return [e for e in events if e["event"] == "step"]
+
+
+def timed(events) -> float:
+    return sum(e.get("dt_s", 0) for e in events if e.get("event") == "step")
 
 
 def test_the_honest_events_pass_with_their_claimed_time(honest):
@@ -90,11 +95,13 @@ def test_halved_step_times_with_the_sum_adjusted_and_save_every_1_fail(honest):
     record, events = copy.deepcopy(honest)
     for e in steps_of(events):
         e["dt_s"] /= 2
-    total = sum(e["dt_s"] for e in steps_of(events) if e["step"] > 10)
+    total = timed(events)
     events[-1]["train_time_s"] = total
     record["timing"]["train_time_s"] = total
+    record["timing"]["nanochat_time_s"] = 0.0
     record["config"]["save_every"] = 1
     assert fails(record, events, "step times were edited")
+    assert fails(record, events, "the training process's clock is off")  # protocol.timing.clock_check too
 
 
 def test_deleting_the_wall_stamps_fails(honest):
@@ -121,7 +128,9 @@ def test_claimed_counts_and_the_end_event_are_held_to_the_events(honest):
         (lambda r, ev: r["timing"].update(steps=10**9), "timing.steps"),
         (lambda r, ev: r["timing"].update(num_iterations=12), "timing.num_iterations"),
         (lambda r, ev: r["plan"].update(num_iterations=12), "plan.num_iterations"),
-        (lambda r, ev: ev.pop(), "does not end with the trainer's `end` event"),
+        (lambda r, ev: ev.pop(), "does not end with the trainer's one `end` event"),
+        (lambda r, ev: r["timing"].update(nanochat_time_s=0.5), "nanochat_time_s claimed"),
+        (lambda r, ev: [e.pop("sha256", None) for e in ev], "no final checkpoint save with its sha256"),
         (lambda r, ev: ev[-1].update(train_time_s=1.0), "the end event says train_time_s"),
     ):
         record, events = copy.deepcopy(honest)
@@ -129,25 +138,26 @@ def test_claimed_counts_and_the_end_event_are_held_to_the_events(honest):
         assert fails(record, events, words), words
 
 
-def test_runner_stamps_once_present_are_required_everywhere_and_held_to_the_steps(honest):
+def test_runner_stamps_are_required_and_hold_when_dt_and_walls_are_rewritten_together(honest):
     record, events = copy.deepcopy(honest)
-    for e in events:
-        e["runner_t"] = e["wall"] - 1_700_000_000.0 + 5.0
-    assert verdict(record, events)[0].outcome == "pass"
     del events[5]["runner_t"]
     assert fails(record, events, "lack the runner's stamp")
     record, events = copy.deepcopy(honest)
-    for e in events:  # dt_s and walls rewritten together, the runner's own clock left as it was
-        e["runner_t"] = e["wall"] - 1_700_000_000.0
-    for e in steps_of(events):
+    for e in steps_of(events):  # dt_s and the trainer's walls rewritten together; the runner's clock left as it was
         e["dt_s"] /= 2
     shift = 0.0
     for e in events:
         shift += e["dt_s"] if e["event"] == "step" else 0.0
         e["wall"] -= shift
-    total = sum(e["dt_s"] for e in steps_of(events) if e["step"] > 10)
-    events[-1]["train_time_s"] = record["timing"]["train_time_s"] = total
+    events[-1]["train_time_s"] = record["timing"]["train_time_s"] = timed(events)
+    record["timing"]["nanochat_time_s"] = 0.0
     assert fails(record, events, "runner's clock")
+
+
+def test_the_uploaded_weights_must_be_the_last_save(honest):
+    record, events = honest
+    got = check_train_time(parse_record(record), [parse_event(e) for e in events], FACTS, weights_sha256="0" * 64)
+    assert got[0].outcome == "fail" and "not the file the run's last save wrote" in got[0].detail
 
 
 # ------------------------------------------------------------------ the fuzz test
@@ -165,9 +175,9 @@ def mutations(draw, n_events: int):
             value = draw(st.floats(0.0, 3.0, allow_nan=False))
             out.append((kind, draw(st.lists(st.integers(0, n_events - 1), min_size=1, max_size=n_events)), value))
         elif kind == "drop_key":
-            out.append((kind, i, draw(st.sampled_from(["wall", "dt_s", "step", "runner_t", "train_time_s"]))))
+            out.append((kind, i, draw(st.sampled_from(["wall", "dt_s", "step", "runner_t", "train_time_s", "sha256"]))))
         elif kind == "claim":
-            field = draw(st.sampled_from(["train_time_s", "steps", "num_iterations", "save_every", "resumed"]))
+            field = draw(st.sampled_from(["train_time_s", "nanochat_time_s", "steps", "num_iterations", "save_every"]))
             out.append((kind, field, draw(st.sampled_from([0, 1, 12, 10**9, "sum"]))))
         else:
             out.append((kind, i, None))
@@ -191,26 +201,25 @@ def apply(record: dict, events: list[dict], muts, adjust: bool):
             i = min(at, len(events) - 1)
             events.insert(i, dict(events[i]))
         elif kind == "claim":
-            timed = sum(e.get("dt_s", 0) for e in events if e.get("event") == "step" and e.get("step", 0) > 10)
-            v = timed if value == "sum" else value
+            v = timed(events) if value == "sum" else value
             if at == "save_every":
                 record["config"]["save_every"] = 1 if value == "sum" else v
-            elif at == "resumed":
-                record["resumed"] = 0 if value == "sum" else min(v, 10_000)
             else:
                 record["timing"][at] = v
     if adjust:
-        timed = sum(e.get("dt_s", 0) for e in events if e.get("event") == "step" and e.get("step", 0) > 10)
-        record["timing"]["train_time_s"] = timed
+        record["timing"]["train_time_s"] = timed(events)
+        record["timing"]["nanochat_time_s"] = 0.0
         if events and events[-1].get("event") == "end":
-            events[-1]["train_time_s"] = timed
+            events[-1]["train_time_s"] = timed(events)
     return record, events
 
 
 def allowed_slack(events: list[dict]) -> float:
-    """The most a passing forgery can have shaved: the wall-clock slack the check states."""
+    """The most a passing forgery can have shaved: the least of the slack each clock's check states."""
     steps = [e for e in events if e.get("event") == "step"]
-    return GAP_SLACK_S + sum(GAP_SLACK_PER_STEP_S + GAP_SLACK_FRACTION * e.get("dt_s", 0) for e in steps)
+    gaps = GAP_SLACK_S + sum(GAP_SLACK_PER_STEP_S + GAP_SLACK_FRACTION * e.get("dt_s", 0) for e in steps)
+    runner = CLOCK_SLACK_S + CLOCK_SLACK_FRACTION * timed(events)
+    return min(gaps, runner)
 
 
 def check_property(honest, data) -> None:

@@ -20,7 +20,7 @@ from leaderboard.app import create_app
 from leaderboard.models import TrackRow, utcnow
 from leaderboard.settings import TrackResources
 from leaderboard.verifier import verify_worker
-from protocol.hashing import data_fingerprint
+from protocol.hashing import data_fingerprint, file_sha256
 from tests import leaderboard_fixtures as fixtures
 from tests.test_leaderboard_api import Env, db_url, edited, env, make_env, upload  # noqa: F401 -- shared fixtures
 
@@ -162,6 +162,17 @@ def test_runs_of_an_old_track_version_are_superseded_and_stay_readable(tmp_path,
 # ------------------------------------------------------------------ the held-out score
 
 
+def edited_lines(path, tmp_path, edit):
+    """A copy of an events file with edit(line) applied to its checkpoint lines."""
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    for line in lines:
+        if line["event"] == "checkpoint":
+            edit(line)
+    out = tmp_path / f"edited-{path.name}"
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return out
+
+
 def tuned_on_val(tmp_path) -> torch.nn.Module:
     """The golden model after a few steps on the val split's first batches: it has seen what it is scored on."""
     from baseline.tokenizer import Tokenizer
@@ -207,6 +218,9 @@ def test_a_model_fitted_to_the_val_shard_is_flagged_and_an_honest_one_is_not(tmp
     honest = bundle(tmp_path, cache, "honest", seed=1)
     fitted = bundle(tmp_path, cache, "fitted", seed=2)
     fitted["model.safetensors"] = d / "model.safetensors"
+    fitted["events.jsonl"] = edited_lines(  # its run saved these weights
+        fitted["events.jsonl"], tmp_path, lambda e: e.update(sha256=file_sha256(d / "model.safetensors"))
+    )
     fitted["record.json"] = edited(fitted, tmp_path, lambda r: r["result"].update(value=tuned_bpb, val_bpb=tuned_bpb))[
         "record.json"
     ]

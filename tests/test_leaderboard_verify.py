@@ -13,7 +13,6 @@ from leaderboard import checks
 from leaderboard.models import Verification
 from leaderboard.verifier import claim, verify_worker
 from protocol.record import read_record
-from protocol.timing import timed_seconds
 from protocol.tracks import load_track
 from tests import leaderboard_fixtures as fixtures
 from tests.test_leaderboard_api import db_url, env, golden_bundles, upload  # noqa: F401 -- shared fixtures
@@ -117,13 +116,6 @@ def test_two_workers_never_claim_the_same_job(env, golden_bundles):  # noqa: F81
             assert {job_a.id, job_b.id} == {1, 2}
         assert claim(a, worker_id="a", lease_s=3600) is None  # both are taken, and their leases hold
         assert claim(b, worker_id="b", lease_s=0) is not None  # an expired lease is taken again
-
-
-def test_train_time_is_recomputed_by_the_trainers_rule():
-    steps = [{"step": s, "dt_s": 1.0 + s} for s in range(15)]
-    resumed = steps[:13] + [{"step": 12, "dt_s": 100.0}, {"step": 13, "dt_s": 2.0}, {"step": 14, "dt_s": 3.0}]
-    assert timed_seconds(steps) == sum(1.0 + s for s in range(11, 15))
-    assert timed_seconds(resumed) == 12.0 + 100.0 + 2.0 + 3.0  # the last line of a step counts
 
 
 def test_weights_format_tells_safetensors_from_pickles(tmp_path, golden_bundles):  # noqa: F811

@@ -103,8 +103,8 @@ def test_a_damaged_record_file_says_so(tmp_path):
 def test_a_spec_names_paths_relative_to_its_run_directory(tmp_path):
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
-    spec = RunSpec(submission="../../sub", config={"depth": 4}, data_dir="../../data", tokenizer_dir="tok",
-                   device="cpu")  # fmt: skip
+    spec = RunSpec(submission="../../sub", config={"depth": 4}, data_dir="../../data", val_dir="data/val",
+                   tokenizer_dir="tok", device="cpu")  # fmt: skip
     write_spec(run_dir, spec)
     back = read_spec(run_dir)
     assert back == spec and back.path(run_dir, "data_dir") == (tmp_path / "data").resolve()

@@ -35,3 +35,18 @@ def test_warmdown_length_rounds_half_to_even():
 def test_momentum_warmup_takes_precedence_over_warmdown():
     schedule = Schedule(num_iterations=100, weight_decay=0.1)  # warmdown starts at step 35 < 400
     assert schedule.muon_momentum(50) == pytest.approx(0.85 + 0.12 * 50 / 400)
+
+
+def test_a_budget_schedule_runs_its_warmdown_on_progress():
+    """A fixed-budget track: warmups in steps, the lr and momentum warmdowns and the wd cosine end at progress 1."""
+    s = Schedule(num_iterations=10**6, weight_decay=0.2, warmup_steps=10, warmdown_ratio=0.5, final_lr_frac=0.05,
+                 by_progress=True)  # fmt: skip
+    assert s.lr_multiplier(4, 0.9) == 0.5  # still warming up by steps, whatever the progress
+    assert s.lr_multiplier(50, 0.3) == 1.0 and s.lr_multiplier(50, 0.5) == 1.0
+    assert s.lr_multiplier(50, 0.75) == pytest.approx(0.5 + 0.5 * 0.05)
+    assert s.lr_multiplier(50, 1.0) == pytest.approx(0.05) and s.lr_multiplier(50, 1.3) == pytest.approx(0.05)
+    assert s.muon_momentum(500, 0.4) == 0.97 and s.muon_momentum(500, 1.0) == pytest.approx(0.90)
+    assert s.muon_weight_decay(7, 0.0) == 0.2 and s.muon_weight_decay(7, 1.0) == pytest.approx(0.0)
+    # A step horizon ignores progress: nanochat's formulas in the step index, bit for bit.
+    steps = Schedule(num_iterations=100, weight_decay=0.2)
+    assert [steps.lr_multiplier(i, 0.123) for i in range(101)] == [steps.lr_multiplier(i) for i in range(101)]

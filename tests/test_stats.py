@@ -110,12 +110,13 @@ def test_failed_and_nan_runs_are_excluded_and_counted():
     clean = stats.summarize(_runs("val_bpb", good), metric="val_bpb", target=BPB_TARGET, higher_is_better=False)
     assert (s["n"], s["n_total"], s["n_excluded"]) == (4, 9, 5)
     assert {e["run_id"]: e["reason"] for e in s["excluded"]} == {
-        "diverged": "status diverged",
-        "nan": "metric missing",
-        "inf": "metric inf",
-        "killed": "status killed",
-        "no_metric": "metric missing",
+        "diverged": "status diverged: a miss",
+        "nan": "metric missing: a miss",
+        "inf": "metric inf: a miss",
+        "killed": "status killed: a miss",
+        "no_metric": "metric missing: a miss",
     }
+    assert s["n_missed"] == 5 and not s["meets_record"] and clean["meets_record"]  # every seed counts
     assert s["p_value"] == clean["p_value"] and s["time_mean_s"] == clean["time_mean_s"] == 101.5
     assert s["time_n"] == 4
     text = stats.format_summary(s)
@@ -132,7 +133,7 @@ def _record(run_id, status, core, train_time_s):
             "run_id": run_id,
             "status": status,
             "created": "2026-12-01T00:00:00+00:00",
-            "seed": 3,
+            "seed": sum(map(ord, run_id)),  # distinct runs, distinct seeds
             "submission": {"name": "baseline", "hash": None},
             "track": {
                 "name": "gpt2",
@@ -164,7 +165,7 @@ def test_runner_records_map_to_columns_and_only_completed_runs_count():
     assert (row["core"], row["energy_kwh"], row["cost_usd"], row["git_commit"]) == (0.26, 2.5, 24.0, "abc")
     assert math.isnan(df.iloc[3]["train_time_s"])  # a run without timing: NaN, not a crash
     s = stats.summarize(df, metric="core", target=CORE_TARGET, higher_is_better=True)
-    assert s["n"] == 2 and [e["reason"] for e in s["excluded"]] == ["status stopped", "status running"]
+    assert s["n"] == 2 and [e["reason"] for e in s["excluded"]] == ["status stopped: a miss", "status running: a miss"]
     assert s["time_mean_s"] == 5450.0
 
 

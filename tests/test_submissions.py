@@ -8,7 +8,10 @@ The refusal tests write deliberately broken submissions to tmp_path, one per rul
 
 import functools
 import math
+import os
 import re
+import subprocess
+import sys
 import textwrap
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,8 +24,7 @@ from baseline.config import TrainConfig
 from baseline.device import init_runtime
 from baseline.hooks import baseline_optimizer, baseline_schedule
 from baseline.train import train
-from harness import trainer_process
-from protocol.record import RunSpec, write_spec
+from protocol.record import EXIT_INVALID, RunSpec, write_spec
 from submissions import SubmissionError, check_submission, load_submission
 from submissions.conformance import CHECKED_KINDS, check_kernels, check_optimizer, check_plan, check_schedule
 from submissions.contract import ALLOWED_OVERRIDES, FORBIDDEN_OVERRIDES, KERNEL_SPECS, check_eval_budget
@@ -257,15 +259,21 @@ def test_refuses_an_optimizer_that_does_not_cover_the_model(tmp_path, body, matc
 NAN_SCHEDULE = """
 def build_schedule(plan):
     class Broken:
-        def lr_multiplier(self, step): return float('nan') if step == 7 else 1.0
-        def muon_momentum(self, step): return 0.95
-        def muon_weight_decay(self, step): return 0.0
+        def lr_multiplier(self, step, progress): return float('nan') if step == 7 else 1.0
+        def muon_momentum(self, step, progress): return 0.95
+        def muon_weight_decay(self, step, progress): return 0.0
     return Broken()
 """
 
 
 def test_refuses_a_schedule_that_is_not_finite(tmp_path):
-    refused(tmp_path, NAN_SCHEDULE, "schedule.lr_multiplier(7) = nan", check=True)
+    refused(tmp_path, NAN_SCHEDULE, "schedule.lr_multiplier(7, ", check=True)
+
+
+def test_refuses_a_schedule_that_ignores_progress(tmp_path):
+    """Schedules take (step, progress): a step-only one would not know where a fixed-budget run ends."""
+    body = NAN_SCHEDULE.replace("(self, step, progress)", "(self, step)")
+    refused(tmp_path, body, "TypeError", check=True)
 
 
 @pytest.mark.parametrize(
@@ -325,10 +333,15 @@ def test_the_training_process_refuses_a_broken_plugin_before_training(tmp_path):
     folder = write(tmp_path, "CONFIG = {'seed': 7}")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    spec = RunSpec(submission=f"../{folder.name}", config={}, data_dir=".", tokenizer_dir=".", device="cpu")
+    spec = RunSpec(
+        submission=f"../{folder.name}", config={}, data_dir=".", val_dir=".", tokenizer_dir=".", device="cpu"
+    )
     write_spec(run_dir, spec)
-    with pytest.raises(SubmissionError, match="may not set 'seed'"):
-        trainer_process.main(str(run_dir))
+    # In a child process, as the runner starts it (its guard's audit hook would outlive the call here).
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "harness.trainer_process", str(run_dir)], env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == EXIT_INVALID and "may not set 'seed'" in out.stderr.strip().splitlines()[-1], out.stderr
     assert list(run_dir.iterdir()) == [run_dir / "run.json"]  # nothing trained, nothing written
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,39 @@ def test_two_ranks_equal_one_rank_with_gradient_accumulation(tmp_path):
         assert (a - b).norm() <= 1e-3 * a.norm() + 1e-6, key
 
 
+def test_two_nodes_equal_one_process_with_the_same_global_batch(tmp_path):
+    """Two torchrun agents (--nnodes 2, one rank each, gloo) meeting on 127.0.0.1, as the runner launches nodes."""
+    single = dist_train_worker.main(str(tmp_path / "single"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node=1",
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                str(REPO / "tests" / "dist_train_worker.py"),
+                str(tmp_path / "nodes"),
+            ],
+            env=env,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    assert [a.wait(timeout=600) for a in agents] == [0, 0]
+    single_losses = [e["loss"] for e in events(tmp_path / "single")]
+    node_losses = [e["loss"] for e in events(tmp_path / "nodes")]
+    assert single.step == len(node_losses) == 6
+    for s, (a, b) in enumerate(zip(single_losses, node_losses, strict=True)):
+        assert b == pytest.approx(a, rel=2e-4 if s < 5 else 2e-3), s
+
+
 def test_resume_gives_the_losses_of_the_uninterrupted_run(tmp_path):
     config = replace(TINY, num_iterations=8, save_every=-1)
     full = run(config, tmp_path / "full")
@@ -99,14 +133,16 @@ def test_resume_gives_the_losses_of_the_uninterrupted_run(tmp_path):
 def test_timer_continues_across_resume(tmp_path):
     config = replace(TINY, num_iterations=16)
     stopped = run(config, tmp_path, stop_after_step=13)
-    assert stopped.train_time_s > 0  # steps 11 and 12 were timed
+    assert stopped.train_time_s > stopped.nanochat_time_s > 0  # every step is timed; steps 11, 12 also nanochat's
     resumed = run(config, tmp_path, resume=True)
     step_events = events(tmp_path)
-    assert resumed.train_time_s == pytest.approx(sum(e["dt_s"] for e in step_events if e["step"] > 10), rel=1e-9)
+    assert [e["step"] for e in step_events] == list(range(16))  # steps after the checkpoint were dropped, rerun
+    assert resumed.train_time_s == pytest.approx(sum(e["dt_s"] for e in step_events), rel=1e-9)
+    assert resumed.nanochat_time_s == pytest.approx(sum(e["dt_s"] for e in step_events if e["step"] > 10), rel=1e-9)
     assert resumed.train_time_s > stopped.train_time_s
 
 
-def test_timed_seconds_exclude_eval_checkpoints_and_warmup(tmp_path):
+def test_every_step_is_timed_and_evals_and_checkpoints_are_not(tmp_path):
     sleep_s = 0.5
 
     def slow_eval(model, step):
@@ -117,9 +153,8 @@ def test_timed_seconds_exclude_eval_checkpoints_and_warmup(tmp_path):
     result = run(config, tmp_path, val_bpb_fn=slow_eval)
     step_events = events(tmp_path)
     assert [e["step"] for e in step_events] == list(range(14))
-    timed = [e["dt_s"] for e in step_events if e["step"] > 10]
-    assert result.train_time_s == pytest.approx(sum(timed), rel=1e-9)
-    assert result.warmup_time_s == pytest.approx(sum(e["dt_s"] for e in step_events if e["step"] <= 10), rel=1e-9)
+    assert result.train_time_s == pytest.approx(sum(e["dt_s"] for e in step_events), rel=1e-9)
+    assert result.nanochat_time_s == pytest.approx(sum(e["dt_s"] for e in step_events if e["step"] > 10), rel=1e-9)
     # 8 evals (steps 0, 2, ..., 14) slept 4 s in all; none of it may leak into a step's dt.
     assert result.eval_time_s >= 8 * sleep_s
     assert max(e["dt_s"] for e in step_events) < sleep_s
@@ -135,19 +170,20 @@ def test_nan_loss_stops_the_run_as_diverged(tmp_path):
         def __init__(self, plan):
             self.inner = plan.schedule()
 
-        def lr_multiplier(self, step):
-            return math.inf if step == 2 else self.inner.lr_multiplier(step)
+        def lr_multiplier(self, step, progress):
+            return math.inf if step == 2 else self.inner.lr_multiplier(step, progress)
 
-        def muon_momentum(self, step):
-            return self.inner.muon_momentum(step)
+        def muon_momentum(self, step, progress):
+            return self.inner.muon_momentum(step, progress)
 
-        def muon_weight_decay(self, step):
-            return self.inner.muon_weight_decay(step)
+        def muon_weight_decay(self, step, progress):
+            return self.inner.muon_weight_decay(step, progress)
 
     result = run(TINY, tmp_path, hooks=Hooks(build_schedule=ExplodingSchedule))
     assert result.status == "diverged"
     assert result.step < TINY.num_iterations
-    assert not math.isfinite(events(tmp_path)[-1]["loss"])
+    last = events(tmp_path)[-1]
+    assert last.get("loss") is None  # non-finite, written as null (strict JSON)
     assert events(tmp_path, "diverged")
 
 
@@ -200,3 +236,22 @@ def test_missing_empty_and_corrupt_data_fail_with_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert message in lines[0] and str(data_dir.name) in lines[0], lines[0]
+
+
+def test_a_budget_run_stops_at_the_first_step_past_its_budget(tmp_path, monkeypatch):
+    """A fixed-budget track: the step count follows the speed; the lr warmdown ends at the budget.
+
+    The clock is a fake that moves 0.25 s per reading, so each step "takes" 0.25 s whatever the load.
+    """
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(time, "perf_counter", lambda: 0.25 * next(ticks))
+    config = replace(TINY, num_iterations=10_000, time_budget_s=2.0, warmup_steps=1, warmdown_ratio=0.5)
+    result = run(config, tmp_path, val_bpb_fn=lambda model, step: 1.0)
+    step_events = events(tmp_path)
+    dts = [e["dt_s"] for e in step_events]
+    assert result.status == "completed" and result.step == len(step_events) == 8  # 8 × 0.25 s reach 2 s
+    assert sum(dts) >= 2.0 > sum(dts[:-1])  # past the budget at the last boundary, not before
+    assert result.train_time_s == pytest.approx(sum(dts), rel=1e-9)
+    assert step_events[0]["lr_multiplier"] == 1.0 and step_events[-1]["lr_multiplier"] < 0.5  # decayed by time
+    assert events(tmp_path, "val")[-1]["step"] == result.step  # the metric after the stop, untimed
+    assert (tmp_path / "checkpoints" / f"step_{result.step:06d}" / "model.safetensors").is_file()

@@ -28,18 +28,21 @@ class CosineSchedule:
     baseline: Schedule  # Muon momentum and weight decay come from here
     warmup_steps: int
 
-    def lr_multiplier(self, step: int) -> float:
+    def lr_multiplier(self, step: int, progress: float) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        progress = (step - self.warmup_steps) / max(1, self.baseline.num_iterations - self.warmup_steps)
+        if self.baseline.by_progress:  # a fixed-budget track: the cosine runs on the fraction of the budget
+            done = progress
+        else:
+            done = (step - self.warmup_steps) / max(1, self.baseline.num_iterations - self.warmup_steps)
         final = self.baseline.final_lr_frac
-        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
-    def muon_momentum(self, step: int) -> float:
-        return self.baseline.muon_momentum(step)
+    def muon_momentum(self, step: int, progress: float) -> float:
+        return self.baseline.muon_momentum(step, progress)
 
-    def muon_weight_decay(self, step: int) -> float:
-        return self.baseline.muon_weight_decay(step)
+    def muon_weight_decay(self, step: int, progress: float) -> float:
+        return self.baseline.muon_weight_decay(step, progress)
 
 
 def build_schedule(plan) -> CosineSchedule:

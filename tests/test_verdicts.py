@@ -1,0 +1,61 @@
+"""Verdicts between sets of runs: Welch's test against scipy, and `speedrun run --json` for a research loop."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from scipy import stats as sps
+
+from protocol.stats import compare
+from tests.conftest import REPO
+from tests.test_harness import cache, write_track  # noqa: F401 -- the tokenizer cache fixture
+
+A = [2.401, 2.412, 2.395, 2.407, 2.399]
+B = [2.371, 2.377, 2.364, 2.381, 2.372]
+
+
+def test_compare_is_welchs_test_with_a_ci_and_an_effect_size():
+    c = compare(A, B, lower_is_better=True)
+    assert c["p_better"] == pytest.approx(sps.ttest_ind(B, A, equal_var=False, alternative="less").pvalue, rel=1e-9)
+    assert c["p_two_sided"] == pytest.approx(sps.ttest_ind(B, A, equal_var=False).pvalue, rel=1e-9)
+    lo, hi = c["ci95"]
+    assert lo < c["diff"] < hi < 0 and c["hedges_g"] > 2 and c["verdict"] == "better"
+    assert compare(B, A, lower_is_better=True)["verdict"] == "worse"
+    assert compare(A, B, lower_is_better=False)["verdict"] == "worse"  # the same numbers, read the other way
+    close = compare(A, [a + 0.001 for a in A[::-1]], lower_is_better=True)
+    assert close["verdict"] == "inconclusive" and close["p_better"] > 0.01 and close["p_worse"] > 0.01
+    few = compare(A, B[:1], lower_is_better=True)
+    assert few["verdict"] == "inconclusive" and "at least 2" in few["reason"]
+
+
+BUDGET = """
+kind = "budget"
+
+[calibration]
+values = [9.9, 9.8, 9.85]
+train_time_s = [3.0, 3.1, 3.0]
+"""
+
+
+def test_run_json_prints_one_object_with_the_verdict_on_a_budget_track(tmp_path):
+    """A budget track of 3 timed seconds: the steps follow the speed, the JSON carries runs, stats and verdict."""
+    track = write_track(tmp_path, steps=10_000)
+    text = track.read_text().replace("threshold = 10.0", "threshold = 10.0\nbudget_s = 3.0")
+    track.write_text(text.replace('version = 1\n', 'version = 1' + BUDGET.split("[calibration]")[0]) + BUDGET.split(
+        'kind = "budget"\n')[1])  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-m", "speedrun", "run", "baseline", "--track", str(track), "--seed-list", "1", "2",
+         "--runs-dir", str(tmp_path / "runs"), "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    [line] = out.stdout.strip().splitlines()  # only the JSON on stdout
+    verdict = json.loads(line)
+    assert verdict["kind"] == "budget" and [r["seed"] for r in verdict["runs"]] == [1, 2]
+    for r in verdict["runs"]:
+        assert r["status"] == "completed" and r["train_time_s"] >= 3.0 and r["value"] < 9.0
+    assert verdict["against"].endswith("baseline (calibration)") and verdict["verdict"] == "better"
+    assert verdict["comparison"]["metric"]["p_better"] < 0.01 and verdict["summary"]["n"] == 2
