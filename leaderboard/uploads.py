@@ -8,8 +8,8 @@ weights' content hash and the page summary. Nothing is stored yet: the router in
 it. `sweep(...)` (at start-up) removes staging directories a killed server left behind and stored
 bundles no run points to.
 
-A record whose status is not "completed" is a report of a miss (a registered run that failed, was
-killed or diverged): it is staged from record.json alone.
+A record whose status is not "completed" is a report of a miss (a registered run that ended failed,
+killed, diverged, invalid or stopped): it is staged from record.json alone.
 """
 
 import hashlib
@@ -31,6 +31,7 @@ from protocol.record import RECORD_FILE, RunRecord, parse_record
 from protocol.tracks import Track
 
 CHUNK = 1 << 20
+MISS_STATUSES = ("failed", "killed", "diverged", "invalid", "stopped")  # how a registered run can end a miss
 EXPANSION_SLACK = 1 << 20  # a tiny bundle may expand more than the ratio: headers, padding
 MAX_EVAL_BATCH = 4096  # config.device_batch_size the verifier evaluates with
 
@@ -173,6 +174,12 @@ def _validate(staged: StagedBundle, track_for: Callable[[RunRecord], Track]) -> 
     staged.record = record
     track = track_for(record)
     if staged.is_miss:
+        if record.status not in MISS_STATUSES:
+            raise BundleError(
+                422,
+                f"{RECORD_FILE} has status {record.status}: upload a run once it is completed, or to report a "
+                f"miss once it ended {', '.join(MISS_STATUSES)}",
+            )
         extra = sorted(set(staged.files) - {RECORD_FILE})
         if extra:
             raise BundleError(422, f"a {record.status} run is reported by its {RECORD_FILE} alone: leave out {extra}")
