@@ -6,72 +6,41 @@
 OpenAPI: /docs (Swagger UI needs its assets from a CDN; /openapi.json is always there), /redoc.
 """
 
-import json
+import gc
+import logging
+import os
 
 import uvicorn
-from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlmodel import Session, select
 
-from leaderboard.db import prepare_database
-from leaderboard.routers import admin, chat, pages, runs, submissions, tracks
+from leaderboard import uploads
+from leaderboard.db import is_sqlite, prepare_database
+from leaderboard.limits import BodyLimit, RateLimit, body_limits
+from leaderboard.models import Run
+from leaderboard.pagecache import ServeCached
+from leaderboard.routers import admin, chat, pages, registrations, runs, submissions, tracks
 from leaderboard.settings import Settings, database_url, get_settings
 
-UPLOAD_PATH = "/api/runs"
+log = logging.getLogger("leaderboard.app")
 
 
-class BodyLimit:
-    """413 for an upload over Settings.max_upload_bytes: at once from Content-Length, else while it streams.
+def sweep_storage(engine, settings: Settings) -> list[str]:
+    """Staging dirs a killed upload left, and bundles no run points to, older than Settings.sweep_after_s."""
+    with Session(engine) as session:
+        referenced = set(session.exec(select(Run.bundle_sha256)).all())
+    removed = uploads.sweep(settings.storage_dir, keep=referenced.__contains__, older_than_s=settings.sweep_after_s)
+    if removed:
+        log.info("swept %d leftovers from storage: %s", len(removed), ", ".join(removed[:5]))
+    return removed
 
-    FastAPI turns an error raised while it parses a form into a 400, so an over-long chunked body is
-    marked here and the app's response is swapped for the 413 on its way out.
-    """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, path: str = UPLOAD_PATH):
-        self.app, self.max_bytes, self.path = app, max_bytes, path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send):
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._reject(send)
-        state = {"seen": 0, "over": False, "replaced": False}
-
-        async def counted_receive():
-            message = await receive()
-            state["seen"] += len(message.get("body", b""))
-            if state["seen"] > self.max_bytes:
-                state["over"] = True
-                raise ValueError("request body over the limit")
-            return message
-
-        async def guarded_send(message):
-            if state["over"]:
-                if not state["replaced"]:
-                    state["replaced"] = True
-                    await self._reject(send)
-                return
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except ValueError:
-            if not state["over"]:
-                raise
-            if not state["replaced"]:
-                await self._reject(send)
-
-    async def _reject(self, send: Send):
-        body = json.dumps({"detail": f"the upload is over the server's limit of {self.max_bytes:,} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each problem's place and reason, without echoing the input (a NaN there cannot be JSON)."""
+    detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()[:20]]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -86,26 +55,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         version="1",
     )
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.state.settings = settings
     app.state.engine = prepare_database(settings)
-    for module in (tracks, runs, submissions, admin):
+    sweep_storage(app.state.engine, settings)
+    for module in (tracks, runs, registrations, submissions, admin):
         app.include_router(module.router)
     app.include_router(pages.router)
     app.include_router(chat.router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ServeCached)  # a fresh cached read is answered before routing
+    app.add_middleware(BodyLimit, limits=body_limits(settings))
+    app.add_middleware(RateLimit, settings=settings)  # outermost: a limited client costs nothing more
 
     @app.get("/healthz", tags=["meta"], summary="Liveness")
     def healthz() -> dict:
         return {"ok": True}
 
+    # What start-up made (torch, the tables, the routes: ~1M objects) lives as long as the process: frozen out
+    # of the garbage collector, a full collection under load scans what requests make, not all of it again.
+    gc.collect()
+    gc.freeze()
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, *, settings: Settings | None = None) -> None:
-    """`speedrun serve`: run the leaderboard under uvicorn (blocks)."""
-    app = create_app(settings)
-    print(f"leaderboard on http://{host}:{port} (database {database_url(app.state.settings).split('@')[-1]})")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+def serve(host: str = "127.0.0.1", port: int = 8000, *, workers: int | None = None) -> None:
+    """`speedrun serve`: run the leaderboard under uvicorn (blocks). Workers: one process per core with
+    PostgreSQL, one with SQLite (its single writer would only make more processes wait on each other)."""
+    settings = get_settings()
+    url = database_url(settings)
+    prepare_database(settings)  # once, before the workers start: they only read the schema
+    if workers is None:
+        workers = 1 if is_sqlite(url) else max(1, len(os.sched_getaffinity(0)))
+    print(f"leaderboard on http://{host}:{port} ({workers} workers, database {url.split('@')[-1]})")
+    uvicorn.run("leaderboard.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class ChatSettings(BaseSettings):
     device: str = "cpu"
     poll_s: float = 30.0  # how often the background thread looks for a new top run (0: never)
     max_prompt_tokens: int = 2048
+    max_prompt_chars: int = 32_768  # checked before tokenizing (a token is rarely over 16 characters)
     max_tokens: int = 1024  # the most a request may ask for
     default_max_tokens: int = 256
     max_n: int = 4  # choices per request (the engine decodes them as one batch)

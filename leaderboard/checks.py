@@ -8,35 +8,29 @@ What is recomputed and what is cross-checked:
   data         the dataset fingerprint equals the track's pinned content hash (else the server's data)
   tokenizer    the tokenizer hash equals the server's copy of the track's tokenizer
   hardware     the provenance and telemetry show the track's hardware (GPU model and count, CPU threads)
-  train_time   train_time_s recomputed from the step events (Σ dt_s of steps > 10, the trainer's rule)
-               equals the claim, every step is there, and each step's dt_s agrees with the wall-clock
-               gap between its event and the one before (an edited dt_s leaves an unexplained gap)
+  train_time   leaderboard/check_timing.py: the timed seconds recomputed from the step events alone
+  weights      (again: uploads checked it) safetensors whose tensors are exactly meta.json's model
   metric       val bpb (and CORE on a CORE track) recomputed with the frozen eval on the server's val
                data and tokenizer equals the claim within Settings tolerances
+  heldout      the same model's bpb on the server's held-out shards (the track pins their names and
+               hash): a gap over ServerFacts.heldout_gap_bpb flags the run for an admin's review
 Outcomes: pass, fail (the run is rejected; `detail` is the reason), skip (does not apply), error (the
-server could not run it: the job stays pending and is retried).
+server could not run it: the job stays pending and is retried, up to Settings.max_attempts).
 A fully consistent forgery of every file but the weights is caught only by `metric`; what the
 step events claim beyond that is cross-checked, not re-measured (only rerunning could).
+These run in the verification child (leaderboard/verify_child.py), never in the worker itself.
 """
 
+import json
 import math
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from baseline.checkpoint import read_meta
-from leaderboard import recompute
-from protocol.events import Event, StepEvent
-from protocol.hashing import file_sha256
+from baseline.dataset import write_view
+from leaderboard import members, recompute
 from protocol.record import RunRecord
-from protocol.timing import RULE, last_per_step, timed_seconds
-
-# Wall-clock slack between consecutive step events beyond dt_s: the trainer only logs between steps
-# (about a millisecond), so 1 s in total plus 10 ms + 5% of each step is generous, and halving
-# the recorded dt_s of steps over the wall clock shows.
-GAP_SLACK_S, GAP_SLACK_PER_STEP_S, GAP_SLACK_FRACTION = 1.0, 0.01, 0.05
-# Recomputed bpb per (weights, meta, tokenizer, data, budget, device): the same weights uploaded as
-# several runs (or re-verified) are evaluated once per worker process. A pure function of its key.
-_BPB_CACHE: dict[tuple, dict] = {}
+from protocol.tracks import Track
 
 
 @dataclass
@@ -65,6 +59,21 @@ class ServerFacts:
     core_abs_tolerance: float = 2e-3
     time_rel_tolerance: float = 1e-6
     time_abs_tolerance_s: float = 1e-3
+    heldout_files: tuple[Path, ...] = ()  # the server's copies of the track's held-out shards
+    heldout_error: str | None = None  # why there are none (missing, or their fingerprint is not the pin)
+    heldout_gap_bpb: float = 0.05
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServerFacts":
+        raw = json.loads(text)
+        for key in ("tokenizer_dir", "data_dir", "eval_bundle"):
+            raw[key] = Path(raw[key]) if raw[key] else None
+        raw["heldout_files"] = tuple(Path(p) for p in raw["heldout_files"])
+        raw["frozen_packages"] = tuple(raw["frozen_packages"])
+        return cls(**raw)
 
 
 def _short(h) -> str:
@@ -135,11 +144,11 @@ def check_tokenizer(record: RunRecord, facts: ServerFacts) -> CheckResult:
     return CheckResult("tokenizer", "pass", "the tokenizer hash is the server's", evidence)
 
 
-def check_hardware(record: RunRecord, telemetry: list[dict], track) -> CheckResult:
+def check_hardware(record: RunRecord, info: dict | None, track) -> CheckResult:
+    """`info`: the telemetry's info line (members.InfoLine, as the run's summary keeps it)."""
     env = record.provenance.environment if record.provenance else None
-    info = next((t for t in telemetry if t.get("kind") == "info"), {})
-    nvml = info.get("nvml") if isinstance(info.get("nvml"), dict) else {}
-    nvml_names = [str(g.get("name", "")) for g in nvml.get("gpus") or [] if isinstance(g, dict)]
+    info = info or {}
+    nvml_names = [g["name"] for g in (info.get("nvml") or {}).get("gpus") or []]
     env_names = [g.name for g in env.gpus] if env else []
     nproc = record.nproc
     cpu_count = env.cpu_count_available if env else None
@@ -175,102 +184,33 @@ def check_hardware(record: RunRecord, telemetry: list[dict], track) -> CheckResu
     return CheckResult("hardware", "pass", f"the run shows the track's hardware ({track.hardware_kind})", evidence)
 
 
-# ------------------------------------------------------------------ timing
-
-
-def check_train_time(record: RunRecord, events: list[Event], facts: ServerFacts) -> tuple[CheckResult, float | None]:
-    recomputed, ordered = timed_seconds(events), last_per_step(events)
-    claimed = record.timing.train_time_s if record.timing else None
-    n_steps = record.timing.steps if record.timing else None
-    evidence = {
-        "claimed_s": claimed,
-        "recomputed_s": recomputed,
-        "rule": RULE,
-        "steps_claimed": n_steps,
-        "steps_logged": len(ordered),
-    }
-    problems = []
-    missing = sorted(set(range(n_steps or 0)) - {e.step for e in ordered})
-    if missing:
-        problems.append(f"{len(missing)} of {n_steps} steps have no step event (first: {missing[0]})")
-    tol = max(facts.time_abs_tolerance_s, facts.time_rel_tolerance * abs(claimed or 0.0))
-    if claimed is None or abs(recomputed - claimed) > tol:
-        problems.append(f"train_time_s claimed {claimed}, the step events sum to {recomputed:.6f}")
-    excess, allowed, impossible = _wall_gaps(events, record)
-    evidence.update(unexplained_wall_s=excess, allowed_wall_s=allowed, impossible_steps=impossible[:5])
-    if excess > allowed:
-        problems.append(
-            f"the step events' wall clock shows {excess:.3f}s more than their dt_s (allowed {allowed:.3f}s): "
-            "step times were edited"
-        )
-    if impossible:
-        problems.append(f"{len(impossible)} steps took longer (dt_s) than the wall clock between their events")
-    if problems:
-        return CheckResult("train_time", "fail", "; ".join(problems), evidence), recomputed
-    return CheckResult("train_time", "pass", f"{recomputed:.3f}s timed, as claimed", evidence), recomputed
-
-
-def _wall_gaps(events: list[Event], record: RunRecord) -> tuple[float, float, list[int]]:
-    """(unexplained wall seconds, the slack allowed, impossible steps) over the timed steps whose previous
-    line is the previous step's event.
-
-    The trainer writes each step event right after measuring dt_s, and the next step starts right
-    after, so wall(step i) - wall(step i-1) ≈ dt_s(i). A val eval (its own event) or a checkpoint save
-    between the two is legitimate and skipped.
-    """
-    save_every = (record.config or {}).get("save_every") or 0
-    excess, allowed, impossible = 0.0, GAP_SLACK_S, []
-    for prev, cur in zip(events, events[1:], strict=False):
-        if not (isinstance(prev, StepEvent) and isinstance(cur, StepEvent)) or cur.step != prev.step + 1:
-            continue
-        if save_every > 0 and cur.step % save_every == 0:
-            continue
-        gap = cur.wall - prev.wall
-        if cur.dt_s > gap + 0.05:
-            impossible.append(cur.step)
-        excess += max(0.0, gap - cur.dt_s)
-        allowed += GAP_SLACK_PER_STEP_S + GAP_SLACK_FRACTION * cur.dt_s
-    return excess, allowed, impossible
-
-
 # ------------------------------------------------------------------ weights and the metric
 
 
-def check_weights(bundle_dir: Path) -> tuple[CheckResult, dict | None]:
+def check_weights(bundle_dir: Path, track: Track) -> tuple[CheckResult, dict | None]:
+    """The upload checked this already; checked again, because the verifier trusts no earlier step."""
     path = bundle_dir / "model.safetensors"
-    kind, header = recompute.weights_format(path)
-    if header is None:
+    kind, _header = recompute.weights_format(path)
+    if kind != "safetensors":
         detail = (
             f"model.safetensors is {kind}, not safetensors: the server loads weights with safetensors only and "
             "never unpickles; save them with safetensors.torch.save_file (baseline.checkpoint does)"
         )
         return CheckResult("weights", "fail", detail, {"format": kind}), None
-    model_config = read_meta(bundle_dir)["model_config"]
-    n_layer, n_tensors = model_config.get("n_layer"), len(recompute.header_shapes(header))
-    if not isinstance(n_layer, int) or not 0 < n_layer <= n_tensors:  # each layer holds tensors: bound the build
-        detail = f"the weights do not fit meta.json's model: {n_layer} layers, but the file holds {n_tensors} tensors"
-        return CheckResult("weights", "fail", detail, {"model_config": model_config}), None
     try:
-        expected = recompute.expected_shapes(model_config)
-    except (TypeError, ValueError, AssertionError) as e:
-        return CheckResult("weights", "fail", f"meta.json model_config does not describe the model: {e}", {}), None
-    got = recompute.header_shapes(header)
-    got = {k.removeprefix("_orig_mod."): v for k, v in got.items()}
+        _start, entries = members.read_safetensors_header(path)
+        meta = json.loads((bundle_dir / "meta.json").read_text())
+        config = members.check_model_against_track(meta, entries, track)
+    except ValueError as e:
+        return CheckResult("weights", "fail", str(e), {}), None
     evidence = {
         "format": "safetensors",
-        "tensors": len(got),
-        "model_config": model_config,
-        "parameters": sum(math.prod(s) for s in got.values()),
+        "tensors": len(entries),
+        "model_config": config.model_dump(),
+        "parameters": sum(math.prod(e.shape) for e in entries.values()),
     }
-    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
-    wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
-    if missing or unexpected or wrong:
-        detail = (
-            f"the weights do not fit meta.json's model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shape {wrong[:3]}"
-        )
-        return CheckResult("weights", "fail", detail, evidence), None
-    return CheckResult("weights", "pass", f"safetensors, {len(got)} tensors that fit the model", evidence), model_config
+    detail = f"safetensors, {len(entries)} tensors that fit the model"
+    return CheckResult("weights", "pass", detail, evidence), config.model_dump()
 
 
 def check_metric(record: RunRecord, bundle_dir: Path, track, facts: ServerFacts) -> tuple[list[CheckResult], dict]:
@@ -280,28 +220,9 @@ def check_metric(record: RunRecord, bundle_dir: Path, track, facts: ServerFacts)
         why = "the server has no tokenizer or val data for this track (set track_resources)"
         return [CheckResult("metric", "error", why, {})], recomputed
     tokens = facts.eval_tokens
-    batch_size = (record.config or {}).get("device_batch_size") or 32
-    key = (
-        file_sha256(bundle_dir / "model.safetensors"),
-        file_sha256(bundle_dir / "meta.json"),
-        str(facts.tokenizer_dir),
-        str(facts.data_dir),
-        tokens,
-        batch_size,
-        facts.device,
-    )
-    loaded = []  # the model is loaded only when something is not already known for these weights
-
-    def model_and_tokenizer():
-        if not loaded:
-            loaded.append(recompute.load_checkpoint(bundle_dir, tokenizer_dir=facts.tokenizer_dir, device=facts.device))
-        return loaded[0]
-
-    bpb = _BPB_CACHE.get(key)
-    if bpb is None:
-        bpb = _BPB_CACHE[key] = recompute.val_bpb(
-            *model_and_tokenizer(), data_dir=facts.data_dir, tokens=tokens, batch_size=batch_size
-        )
+    batch_size = (record.config or {}).get("device_batch_size") or 32  # bounded at upload (uploads.MAX_EVAL_BATCH)
+    model, tokenizer = recompute.load_checkpoint(bundle_dir, tokenizer_dir=facts.tokenizer_dir, device=facts.device)
+    bpb = recompute.val_bpb(model, tokenizer, data_dir=facts.data_dir, tokens=tokens, batch_size=batch_size)
     recomputed["val_bpb"] = bpb["bpb"]
     results = [
         _compare(
@@ -316,9 +237,7 @@ def check_metric(record: RunRecord, bundle_dir: Path, track, facts: ServerFacts)
         if facts.eval_bundle is None:
             results.append(CheckResult("core", "error", "the server has no CORE eval bundle for this track", {}))
         else:
-            c = recompute.core(
-                *model_and_tokenizer(), eval_bundle=facts.eval_bundle, max_per_task=facts.core_max_per_task
-            )
+            c = recompute.core(model, tokenizer, eval_bundle=facts.eval_bundle, max_per_task=facts.core_max_per_task)
             recomputed["core"] = c["core"]
             extra = {"official": c["official"], "bundle_sha256": c["bundle"]["content_sha256"]}
             claimed_core = record.result.core if record.result else None
@@ -334,7 +253,31 @@ def check_metric(record: RunRecord, bundle_dir: Path, track, facts: ServerFacts)
                 {"claimed": claimed_value, "recomputed": value},
             )
         )
+    heldout, recomputed["heldout_bpb"] = check_heldout(model, tokenizer, bpb["bpb"], batch_size, facts)
+    results.append(heldout)
     return results, recomputed
+
+
+def check_heldout(model, tokenizer, val_bpb: float, batch_size: int, facts: ServerFacts) -> tuple[CheckResult, float]:
+    """The model's bpb on the server's held-out shards of the same source; a gap over the threshold flags the
+    run for review (outcome "flag": it verifies, and does not rank until an admin clears it)."""
+    if facts.heldout_error:
+        return CheckResult("heldout", "error", facts.heldout_error, {}), None
+    if not facts.heldout_files:
+        return CheckResult("heldout", "skip", "the track pins no held-out shards", {}), None
+    with tempfile.TemporaryDirectory(prefix="heldout-") as tmp:
+        view = write_view(tmp, {"val": list(facts.heldout_files)})  # eval.bpb scores the view's val split
+        bpb = recompute.val_bpb(model, tokenizer, data_dir=view, tokens=facts.eval_tokens, batch_size=batch_size)
+    bpb = bpb["bpb"]
+    gap = bpb - val_bpb
+    evidence = {"heldout_bpb": bpb, "val_bpb": val_bpb, "gap": gap, "threshold": facts.heldout_gap_bpb}
+    if not math.isfinite(gap) or gap > facts.heldout_gap_bpb:
+        detail = (
+            f"held-out bpb {bpb:.4f} is {gap:.4f} above the val bpb {val_bpb:.4f} (threshold "
+            f"{facts.heldout_gap_bpb:g}): the model may have seen the val shard; an admin reviews it before it ranks"
+        )
+        return CheckResult("heldout", "flag", detail, evidence), bpb
+    return CheckResult("heldout", "pass", f"held-out bpb {bpb:.4f}, {gap:+.4f} from the val bpb", evidence), bpb
 
 
 def _tol(track, facts: ServerFacts) -> float:

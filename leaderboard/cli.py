@@ -1,17 +1,18 @@
 """The service side's `speedrun` commands (speedrun.py mounts them next to the runner's).
 
-speedrun serve                              # the leaderboard (SQLite, or DATABASE_URL)
+speedrun serve [--workers N]                # the leaderboard (SQLite, or DATABASE_URL)
 speedrun verify --worker                    # verify uploaded runs (several may run)
-speedrun token create NAME [--admin]        # an API token for a submitter (shown once)
+speedrun token create NAME [--admin]        # an API token for a submitter (shown once; expires)
+speedrun token revoke NAME                  # revoke every live token of NAME
 """
 
 from leaderboard.app import serve
-from leaderboard.tokens import create_token
+from leaderboard.tokens import create_token, revoke_tokens_cli
 from leaderboard.verifier import verify_worker
 
 
 def _serve(args):
-    serve(args.host, args.port)
+    serve(args.host, args.port, workers=args.workers)
 
 
 def _verify(args):
@@ -23,11 +24,19 @@ def _token_create(args):
     print(create_token(args.name, admin=args.admin))
 
 
+def _token_revoke(args):
+    n = revoke_tokens_cli(args.name)
+    print(f"revoked {n} token{'s' if n != 1 else ''} of {args.name}")
+
+
 def add_commands(sub) -> None:
     """Mount the service's subcommands on `speedrun`'s subparsers."""
     p = sub.add_parser("serve", help="serve the leaderboard (pages, API, chat)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers", type=int, default=None, help="server processes (default: cores with PostgreSQL, 1 with SQLite)"
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("verify", help="verify pending uploads with the frozen eval")
@@ -39,3 +48,6 @@ def add_commands(sub) -> None:
     p.add_argument("name")
     p.add_argument("--admin", action="store_true")
     p.set_defaults(func=_token_create)
+    p = token.add_parser("revoke", help="revoke every live token of a submitter")
+    p.add_argument("name")
+    p.set_defaults(func=_token_revoke)

@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
-from leaderboard import crud
+from leaderboard import crud, ranking
 from leaderboard.settings import Settings, database_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -72,10 +72,13 @@ def current_revision(url: str) -> str | None:
 
 
 def prepare_database(settings: Settings) -> Engine:
-    """Upgrade the schema to head (an upgrade never drops data) and sync the tracks; returns the engine."""
+    """Upgrade the schema to head (an upgrade never drops data) and sync the tracks; returns the engine.
+
+    A track whose version changed has its standings recomputed: its older runs are superseded."""
     url = database_url(settings)
     migrate(url)
     engine = get_engine(url)
     with Session(engine) as session:
-        crud.sync_tracks(session, specs=crud.track_specs(settings.track_files))
+        for track in crud.sync_tracks(session, specs=crud.track_specs(settings.track_files)):
+            ranking.refresh_track(session, track=track)
     return engine

@@ -1,4 +1,8 @@
-"""FastAPI dependencies: the settings, a database session per request, and who is calling (bearer token)."""
+"""FastAPI dependencies: the settings, a database session per request, and who is calling (bearer token).
+
+A request's token row is kept on `request.state.token` (the revoke route retires it); every 401 is
+counted per client address by the rate limiter (leaderboard/limits.py), so guessing tokens stops early.
+"""
 
 from collections.abc import Iterator
 from typing import Annotated
@@ -9,7 +13,7 @@ from sqlmodel import Session
 
 from leaderboard.models import Submitter
 from leaderboard.settings import Settings
-from leaderboard.tokens import submitter_for_token
+from leaderboard.tokens import lookup
 
 bearer = HTTPBearer(auto_error=False, description="an API token from `speedrun token create NAME`")
 
@@ -32,26 +36,38 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_current_submitter(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> Submitter:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _submitter(request: Request, session: Session, credentials: HTTPAuthorizationCredentials) -> Submitter:
+    found = lookup(session, token=credentials.credentials) if len(credentials.credentials) <= 200 else None
+    if found is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="unknown, expired or revoked API token: ask an admin for a new one (`speedrun token create`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    submitter, request.state.token = found
+    return submitter
+
+
+def get_current_submitter(request: Request, session: SessionDep, credentials: Credentials) -> Submitter:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="no API token: send `Authorization: Bearer <token>` (an admin makes one: `speedrun token create`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    submitter = submitter_for_token(session, token=credentials.credentials)
-    if submitter is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="unknown or revoked API token: ask an admin for a new one",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return submitter
+    return _submitter(request, session, credentials)
+
+
+def get_optional_submitter(request: Request, session: SessionDep, credentials: Credentials) -> Submitter | None:
+    """Who is calling, or None without a token (a wrong token is still a 401)."""
+    return None if credentials is None else _submitter(request, session, credentials)
 
 
 CurrentSubmitter = Annotated[Submitter, Depends(get_current_submitter)]
+OptionalSubmitter = Annotated[Submitter | None, Depends(get_optional_submitter)]
 
 
 def get_current_admin(submitter: CurrentSubmitter) -> Submitter:

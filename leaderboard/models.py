@@ -1,25 +1,33 @@
 """The leaderboard's tables and the shapes its API returns (the FastAPI template's Base / table / Public split).
 
 Tables: TrackRow (a protocol track as the server knows it), Submitter + ApiToken (tokens only as sha256),
-Submission (name, code hash, description, link), Run (the fields the board needs, plus the raw record),
-Verification + Check (status and each check's outcome and evidence), Standing (per track and
-submission: the verified runs' statistics and the significance test) and RecordEntry (the record
-progression per track). Times are aware UTC datetimes (`utcnow()`); SQLModel stores them as UTC.
+Submission (name, code hash, description, link), Run (the fields the board needs, the raw record and
+the bounded summary its page draws), Verification + Check (status and each check's outcome and
+evidence), Standing (per track and submission: the verified runs' statistics and the significance
+test), RecordEntry (the record progression per track) and Registration (run ids issued before the
+runs, so every seed counts). Times are aware UTC datetimes (`utcnow()`); SQLModel stores them as UTC.
 """
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-CHECK_OUTCOMES = ("pass", "fail", "skip", "error")  # error: the server could not run it; the job is retried
+CHECK_OUTCOMES = ("pass", "fail", "skip", "error", "flag")  # error: the server could not run it (retried); flag: review
+# pending -> verified | rejected; "error" after Settings.max_attempts tries the server could not finish (an
+# admin looks; reverify queues it again); "missed" is a registered run reported failed/killed/diverged.
+VERIFICATION_STATUSES = ("pending", "verified", "rejected", "error", "missed")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# 64-bit integers (seeds reach 2**63); SQLite's INTEGER already is, and keeps its declared type.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _json(**kw) -> Any:
@@ -72,6 +80,7 @@ class ApiToken(SQLModel, table=True):
     token_sha256: str = Field(unique=True, index=True, max_length=64)  # never the token itself
     created_at: datetime = Field(default_factory=utcnow)
     revoked: bool = False
+    expires_at: datetime | None = None  # None: tokens made before expiry existed (revoke them to retire them)
 
 
 class SubmitterPublic(SQLModel):
@@ -89,6 +98,12 @@ class TokenCreated(SQLModel):
     name: str
     admin: bool
     token: str  # shown once; the server keeps only its sha256
+    expires_at: datetime | None = None
+
+
+class TokensRevoked(SQLModel):
+    name: str
+    revoked: int  # how many live tokens were revoked
 
 
 # ------------------------------------------------------------------ submissions
@@ -120,13 +135,13 @@ class SubmissionPublic(SubmissionBase):
 
 class RunBase(SQLModel):
     run_id: str = Field(index=True, unique=True, max_length=200)
-    seed: int | None = None
+    seed: int | None = Field(default=None, sa_type=Int64)  # < 2**63 (protocol.record)
     status: str = Field(max_length=20)  # the record's status (protocol.record.STATUSES)
     official: bool = True
     created: str | None = None  # as the record says (ISO 8601)
     finished: str | None = None
     train_time_s: float | None = None  # claimed
-    steps: int | None = None
+    steps: int | None = Field(default=None, sa_type=Int64)
     metric: str = ""
     metric_value: float | None = None  # claimed
     val_bpb: float | None = None  # claimed
@@ -136,19 +151,24 @@ class RunBase(SQLModel):
     mfu: float | None = None
     energy_kwh: float | None = None
     cost_usd: float | None = None
-    hardware: str | None = None  # what the run's provenance says it ran on
+    hardware: str | None = None  # the track's hardware when the run's provenance shows it, else what it shows
+    track_version: int | None = None  # the track version the run was made for (older ones are superseded)
 
 
 class Run(RunBase, table=True):
     __table_args__ = (Index("ix_run_track_uploaded", "track_id", "uploaded_at"),)  # a track's newest runs
     id: int | None = Field(default=None, primary_key=True)
     bundle_sha256: str = Field(index=True, max_length=64)
+    # protocol.bundle.weights_sha256: one model, one run (None: a registered miss reported without weights)
+    weights_sha256: str | None = Field(default=None, unique=True, index=True, max_length=64)
     track_id: int = Field(foreign_key="track.id", index=True)
     submission_id: int = Field(foreign_key="submission.id", index=True)
     submitter_id: int = Field(foreign_key="submitter.id", index=True)
     uploaded_at: datetime = Field(default_factory=utcnow, index=True)
     files: dict | None = _json()  # bundle member -> {"size", "sha256"}
     record: dict | None = _json()  # the raw record.json
+    summary: dict | None = _json()  # leaderboard.summary: the bounded series a run page draws, made at upload
+    detail: str | None = Field(default=None, sa_type=Text)  # RunDetail's JSON, rebuilt on every change to the run
 
 
 class CheckPublic(SQLModel):
@@ -166,6 +186,9 @@ class VerificationPublic(SQLModel):
     recomputed_val_bpb: float | None = None
     recomputed_core: float | None = None
     recomputed_train_time_s: float | None = None
+    recomputed_heldout_bpb: float | None = None
+    flag: str | None = None
+    flag_cleared_by: str | None = None
     finished_at: datetime | None = None
     duration_s: float | None = None
 
@@ -176,7 +199,8 @@ class RunPublic(RunBase):
     submission_id: int
     submitter: str
     uploaded_at: datetime
-    verification: str  # pending / verified / rejected
+    verification: str  # VERIFICATION_STATUSES
+    superseded: bool = False  # made for an older version of the track: shown, never ranked
 
 
 class RunDetail(RunPublic):
@@ -205,6 +229,9 @@ class Verification(SQLModel, table=True):
     recomputed_val_bpb: float | None = None
     recomputed_core: float | None = None
     recomputed_train_time_s: float | None = None
+    recomputed_heldout_bpb: float | None = None  # the same model on the server's held-out shards
+    flag: str | None = None  # why an admin must review the run before it ranks (held-out gap)
+    flag_cleared_by: str | None = None  # the admin who cleared the flag
 
 
 class Check(SQLModel, table=True):
@@ -224,6 +251,8 @@ class StandingBase(SQLModel):
     n_verified: int = 0  # verified runs counted by the significance test
     n_pending: int = 0
     n_rejected: int = 0
+    n_registered: int = 0  # runs registered before they were run (POST /api/registrations)
+    n_missed: int = 0  # registered runs that never arrived or did not complete: any miss unranks
     time_mean_s: float | None = None
     time_std_s: float | None = None
     metric_mean: float | None = None
@@ -280,3 +309,41 @@ class RecordPublic(SQLModel):
     p_value: float | None
     previous_time_s: float | None
     set_at: datetime
+
+
+# ------------------------------------------------------------------ registrations (every seed counted)
+
+
+class Registration(SQLModel, table=True):
+    """A run id the server issued before the run: the upload must match it, and a miss is counted."""
+
+    __table_args__ = (UniqueConstraint("submitter_id", "track_id", "submission_name", "seed"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(unique=True, index=True, max_length=200)
+    submitter_id: int = Field(foreign_key="submitter.id", index=True)
+    track_id: int = Field(foreign_key="track.id", index=True)
+    track_version: int
+    submission_name: str = Field(max_length=200)
+    seed: int = Field(sa_type=Int64)
+    created_at: datetime = Field(default_factory=utcnow)
+    deadline: datetime  # not uploaded by then: a miss
+
+
+class RegistrationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    track: str = PydanticField(min_length=1, max_length=100)
+    submission: str = PydanticField(min_length=1, max_length=200)
+    seeds: list[Annotated[int, PydanticField(ge=0, lt=2**63)]] = PydanticField(min_length=1, max_length=100)
+
+
+class RegisteredRun(SQLModel):
+    run_id: str
+    seed: int
+    deadline: datetime
+
+
+class RegistrationCreated(SQLModel):
+    track: str
+    track_version: int
+    submission: str
+    runs: list[RegisteredRun]

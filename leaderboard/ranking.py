@@ -1,27 +1,30 @@
 """Standings, ranking and the record progression: the benchmark's rule for what counts, in one place.
 
-Only verified runs count. For each (track, submission) a Standing holds the verified runs' timed seconds
-(recomputed from their step events) and metric (recomputed with the frozen eval), and the one-sided
-t-test of protocol.stats.summarize against the track's target. A submission ranks when its verified runs
-meet the target with p < RECORD_P_VALUE (0.01); ranked submissions are ordered by mean timed seconds.
+Only verified runs count, and of those only runs of the track's current version (older ones are
+superseded: shown, never ranked), runs no admin review flag holds back, and one run per seed (the
+first uploaded; the same weights are one run already, by the upload's unique weights hash). For each
+(track, submission) a Standing holds the counted runs' timed seconds (recomputed from their step
+events) and metric (recomputed with the frozen eval), and the one-sided t-test of
+protocol.stats.summarize against the track's target. Every registered run counts (routers/
+registrations.py): one that never arrived by its deadline, or arrived failed, killed, diverged or
+rejected, is a miss, and a submission with a miss does not rank. A submission ranks when its counted
+runs meet the target with p < RECORD_P_VALUE (0.01); ranked submissions are ordered by mean timed seconds.
 A new RecordEntry is written when a ranked submission's mean time beats the track's current record
 (the holder's own later seeds restate its entry rather than add one).
 
-Board reads are cached for Settings.cache_ttl_s (a write in this process clears the cache at once; the
-worker is another process, so a verification shows on the board within the TTL).
+Board reads are cached for Settings.cache_ttl_s (leaderboard/pagecache.py; a write in this process clears
+the cache at once; the worker is another process, so a verification shows on the board within the TTL).
 """
 
 import math
-import threading
-import time
-from collections.abc import Callable
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
-from starlette.concurrency import run_in_threadpool
 
 from leaderboard.models import (
     RecordEntry,
     RecordPublic,
+    Registration,
     Run,
     Standing,
     StandingPublic,
@@ -31,12 +34,47 @@ from leaderboard.models import (
     Verification,
     utcnow,
 )
+from leaderboard.pagecache import READS
 from protocol.stats import RECORD_P_VALUE, summarize
 
 
 def _mean(xs) -> float | None:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     return sum(xs) / len(xs) if xs else None
+
+
+def counted(rows: list[tuple[Run, Verification]], track: TrackRow) -> list[tuple[Run, Verification]]:
+    """The verified runs a standing counts: current track version, not held for review, one per seed."""
+    out, seeds = [], set()
+    for r, v in sorted(rows, key=lambda rv: rv[0].id):
+        if v.status != "verified" or (r.track_version is not None and r.track_version != track.version):
+            continue
+        if v.flag and not v.flag_cleared_by:
+            continue
+        if r.seed in seeds:  # the same seed twice is one run: the first uploaded counts
+            continue
+        seeds.add(r.seed)
+        out.append((r, v))
+    return out
+
+
+def misses(session: Session, *, track: TrackRow, submission: Submission, runs: dict[str, str]) -> tuple[int, int]:
+    """(registered, missed) for a submission on a track: `runs` maps its run ids to their verification status."""
+    regs = session.exec(
+        select(Registration).where(
+            Registration.submitter_id == submission.submitter_id,
+            Registration.track_id == track.id,
+            Registration.track_version == track.version,
+            Registration.submission_name == submission.name,
+        )
+    ).all()
+    now, missed = utcnow(), 0
+    for reg in regs:
+        status = runs.get(reg.run_id)
+        deadline = reg.deadline if reg.deadline.tzinfo else reg.deadline.replace(tzinfo=now.tzinfo)
+        if status in ("missed", "rejected") or (status is None and deadline < now):
+            missed += 1
+    return len(regs), missed
 
 
 def update_standing(session: Session, *, track: TrackRow, submission_id: int) -> Standing:
@@ -46,7 +84,11 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
         .join(Verification, Verification.run_pk == Run.id)
         .where(Run.track_id == track.id, Run.submission_id == submission_id)
     ).all()
-    verified = [(r, v) for r, v in rows if v.status == "verified"]
+    verified = counted(rows, track)
+    submission = session.get(Submission, submission_id)
+    n_registered, n_missed = misses(
+        session, track=track, submission=submission, runs={r.run_id: v.status for r, v in rows}
+    )
     metric_of = {"val_bpb": lambda v: v.recomputed_val_bpb, "core": lambda v: v.recomputed_core}[track.metric]
     records = [
         {
@@ -63,7 +105,9 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
     fields = {
         "n_verified": len(verified),
         "n_pending": sum(v.status == "pending" for _, v in rows),
-        "n_rejected": sum(v.status == "rejected" for _, v in rows),
+        "n_rejected": sum(v.status in ("rejected", "error") for _, v in rows),
+        "n_registered": n_registered,
+        "n_missed": n_missed,
         "val_bpb_mean": _mean(v.recomputed_val_bpb for _, v in verified),
         "core_mean": _mean(v.recomputed_core for _, v in verified),
         "energy_kwh_mean": _mean(r.energy_kwh for r, _ in verified),
@@ -81,7 +125,7 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
             "metric_std": s["metric_std"],
             "p_value": s["p_value"],
             "p_value_reason": s["p_value_reason"],
-            "qualifies": bool(s["meets_record"]) and s["time_mean_s"] is not None,
+            "qualifies": bool(s["meets_record"]) and s["time_mean_s"] is not None and n_missed == 0,
         }
     else:
         fields |= dict.fromkeys(("time_mean_s", "time_std_s", "metric_mean", "metric_std", "p_value"), None)
@@ -129,9 +173,38 @@ def _maybe_new_record(session: Session, *, track: TrackRow, standing: Standing) 
     )
 
 
+def refresh_track(session: Session, *, track: TrackRow) -> None:
+    """Recompute every standing of a track (its version changed: the old version's runs no longer count) and
+    forget its runs' stored answers (they now say superseded: crud.detail_json rebuilds them on read)."""
+    session.exec(update(Run).where(Run.track_id == track.id).values(detail=None))
+    session.commit()
+    for submission_id in set(session.exec(select(Run.submission_id).where(Run.track_id == track.id)).all()):
+        update_standing(session, track=track, submission_id=submission_id)
+
+
+def expire_registrations(session: Session, *, since, until) -> int:
+    """Recompute the standings of submissions whose registered runs' deadlines passed in (since, until]: a run
+    that never arrived becomes a miss. Returns how many standings were recomputed."""
+    regs = session.exec(select(Registration).where(Registration.deadline > since, Registration.deadline <= until)).all()
+    done = set()
+    for reg in regs:
+        track = session.get(TrackRow, reg.track_id)
+        for sub in session.exec(
+            select(Submission).where(
+                Submission.submitter_id == reg.submitter_id, Submission.name == reg.submission_name
+            )
+        ).all():
+            if (track.id, sub.id) not in done:
+                done.add((track.id, sub.id))
+                update_standing(session, track=track, submission_id=sub.id)
+    return len(done)
+
+
 def why_unranked(s: Standing) -> str | None:
     if s.qualifies:
         return None
+    if s.n_missed:
+        return f"{s.n_missed} of {s.n_registered} registered runs are misses: every seed counts"
     if s.n_verified == 0:
         return f"no verified runs yet ({s.n_pending} pending, {s.n_rejected} rejected)"
     if s.p_value is None:
@@ -174,47 +247,3 @@ def record_history(session: Session, *, track: TrackRow) -> list[RecordPublic]:
         .order_by(col(RecordEntry.id))
     ).all()
     return [RecordPublic.model_validate(e, update={"submission": name, "submitter": who}) for e, name, who in rows]
-
-
-class ReadCache:
-    """A tiny TTL cache for board reads, cleared on any write in this process.
-
-    Single flight: once a value has expired, one caller recomputes it while the others keep getting
-    the stale value for that moment, so an expiry under load costs one rebuild, not one per client.
-    """
-
-    def __init__(self):
-        self._data: dict = {}  # key -> (expires at, value)
-        self._refreshing: set = set()
-        self._lock = threading.Lock()
-
-    def get(self, key, ttl_s: float, compute: Callable):
-        if ttl_s <= 0:
-            return compute()
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is not None and (hit[0] > time.monotonic() or key in self._refreshing):
-                return hit[1]
-            self._refreshing.add(key)
-        try:
-            value = compute()
-            with self._lock:
-                self._data[key] = (time.monotonic() + ttl_s, value)
-            return value
-        finally:
-            with self._lock:
-                self._refreshing.discard(key)
-
-    async def get_async(self, key, ttl_s: float, compute: Callable):
-        """As get(), for an async endpoint: a hit costs no thread hop; a miss computes on the thread pool."""
-        hit = self._data.get(key) if ttl_s > 0 else None
-        if hit is not None and (hit[0] > time.monotonic() or key in self._refreshing):
-            return hit[1]
-        return await run_in_threadpool(self.get, key, ttl_s, compute)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-READS = ReadCache()

@@ -1,15 +1,15 @@
 """The adapter onto the frozen parts the verifier recomputes with: weights, val bpb and CORE.
 
     from leaderboard import recompute
-    fmt = recompute.weights_format(path)                  # "safetensors", or what else it is
+    fmt, _ = recompute.weights_format(path)               # "safetensors", or what else it is
     model, tokenizer = recompute.load_checkpoint(bundle_dir, tokenizer_dir=..., device="cpu")
     recompute.val_bpb(model, tokenizer, data_dir=..., tokens=..., batch_size=...)   # eval.bpb.val_bpb
     recompute.core(model, tokenizer, eval_bundle=..., max_per_task=-1)              # eval.run.evaluate
 
 Weights are read with safetensors only (baseline.checkpoint.load_weights): never pickle, never a line
-of the submission's code. Before any memory is allocated for the model, the shapes that meta.json's
-model_config implies are compared with the shapes in the safetensors header, so a hostile meta.json
-cannot make the verifier build a huge model.
+of the submission's code. Before any memory is allocated for the model, leaderboard/members.py has
+held meta.json to the track (vocab, sequence length) and to the tensors in the safetensors header, so
+a hostile meta.json cannot make the verifier build a huge model.
 """
 
 import json
@@ -20,7 +20,6 @@ import torch
 
 from baseline.checkpoint import load_model
 from baseline.device import compute_dtype
-from baseline.gpt import GPT, GPTConfig
 from eval.bpb import val_bpb as frozen_val_bpb
 from eval.run import evaluate
 
@@ -52,17 +51,6 @@ def weights_format(path: Path) -> tuple[str, dict | None]:
     if not isinstance(header, dict):
         return "not safetensors (its header is not a JSON object)", None
     return "safetensors", header
-
-
-def header_shapes(header: dict) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-
-
-def expected_shapes(model_config: dict) -> dict[str, tuple[int, ...]]:
-    """The state_dict shapes of the model meta.json describes, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = GPT(GPTConfig(**model_config))
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def load_checkpoint(checkpoint_dir: Path, *, tokenizer_dir: Path, device: str = "cpu"):

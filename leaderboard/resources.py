@@ -5,7 +5,9 @@
 Each comes from Settings.track_resources when the admin set it, else from where this machine keeps a
 track's files (protocol/paths.py: the track's default data dir, the tokenizer `speedrun run` trained
 and cached for that data). A resource the server does not have is None, and the checks that need it
-report "error" (retried later) rather than pass.
+report "error" (retried later) rather than pass. The held-out shards (the track's
+dataset.heldout_shards, only the server holds them) are looked for in TrackResources.heldout_dir,
+else the data dir; their fingerprint must equal the track's dataset.heldout_hash.
 """
 
 from functools import lru_cache
@@ -43,6 +45,7 @@ def server_facts(row: TrackRow, settings: Settings) -> ServerFacts:
     tokenizer_dir = _existing(res.tokenizer_dir) or (
         _existing(track_tokenizer_dir(track, data_hash)) if data_hash else None
     )
+    heldout_files, heldout_error = _heldout(track.dataset, res.heldout_dir or data_dir)
     return ServerFacts(
         code_hashes=_server_code_hashes(str(settings.repo_root)),
         frozen_packages=tuple(settings.frozen_packages),
@@ -58,7 +61,24 @@ def server_facts(row: TrackRow, settings: Settings) -> ServerFacts:
         core_abs_tolerance=settings.core_abs_tolerance,
         time_rel_tolerance=settings.time_rel_tolerance,
         time_abs_tolerance_s=settings.time_abs_tolerance_s,
+        heldout_files=heldout_files,
+        heldout_error=heldout_error,
+        heldout_gap_bpb=settings.heldout_gap_bpb if res.heldout_gap_bpb is None else res.heldout_gap_bpb,
     )
+
+
+def _heldout(dataset, directory: Path | None) -> tuple[tuple[Path, ...], str | None]:
+    """(the server's held-out shards, why not): the pinned names, found and fingerprinted as pinned."""
+    names = dataset.heldout_shards
+    if not names:
+        return (), None
+    files = tuple(Path(directory) / n for n in names) if directory else ()
+    if not files or not all(f.is_file() for f in files):
+        return (), "the server lacks the track's held-out shards (set track_resources.heldout_dir)"
+    found = data_fingerprint(files, cache=HashCache(hash_cache_file()))
+    if found != dataset.heldout_hash:
+        return (), "the server's held-out shards do not have the fingerprint the track pins: fix the server's copy"
+    return files, None
 
 
 def _data_hash(data_dir: Path, shards: tuple[str, ...]) -> str | None:

@@ -1,16 +1,23 @@
-"""The verifier: claims pending runs, runs every check, records the verdict and the standings.
+"""The verifier: claims pending runs, runs every check in a limited child process, records the verdict.
 
     speedrun verify --worker            # leaderboard.verifier.verify_worker(once=False): poll forever
     speedrun verify --worker --once     # verify what is pending now, then exit
 
 Several workers can share one PostgreSQL database: a job is claimed with SELECT … FOR UPDATE SKIP
 LOCKED and a guarded UPDATE in the same transaction, so no two workers take the same job (on SQLite,
-whose writers are serialised, the guarded UPDATE alone decides). A claim is a lease: a job whose
-worker died is claimed again after Settings.claim_lease_s. A job the server could not check (its
-data or tokenizer is missing: a check's outcome is "error") stays pending and is retried after
-Settings.retry_after_s; any failed check rejects the run with every reason.
+whose writers are serialised, the guarded UPDATE alone decides). A claim is a lease, renewed while
+its child runs: a job whose worker died is claimed again after Settings.claim_lease_s, never while
+its worker lives.
+
+The checks run in leaderboard/verify_child.py under leaderboard/isolation.py's limits (memory, CPU,
+file size, wall clock): no bundle can stop the worker. A child that dies, or a check that reports
+"error" (the server could not check: missing data), leaves the job pending, retried after
+Settings.retry_after_s; after Settings.max_attempts the run ends "error", for an admin (reverify
+queues it again). Any failed check rejects the run with every reason; a "flag" (held-out gap)
+verifies it but holds it out of the ranking until an admin clears it.
 """
 
+import json
 import logging
 import os
 import socket
@@ -22,17 +29,25 @@ from pathlib import Path
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
-from leaderboard import checks
+from leaderboard import crud, isolation, ranking
+from leaderboard.checks import CheckResult
 from leaderboard.db import prepare_database
 from leaderboard.models import Check, Run, TrackRow, Verification, utcnow
-from leaderboard.ranking import update_standing
+from leaderboard.redact import redact
 from leaderboard.resources import server_facts
 from leaderboard.settings import Settings, database_url, get_settings
-from leaderboard.uploads import read_jsonl
-from protocol.events import read_events
-from protocol.record import parse_record
 
 log = logging.getLogger("leaderboard.verifier")
+TRACK_FIELDS = (
+    "name",
+    "version",
+    "metric",
+    "higher_is_better",
+    "hardware_kind",
+    "gpu_model",
+    "gpu_count",
+    "cpu_threads",
+)
 
 
 def claim(session: Session, *, worker_id: str, lease_s: float) -> Verification | None:
@@ -72,89 +87,165 @@ def claim(session: Session, *, worker_id: str, lease_s: float) -> Verification |
     return job
 
 
-def run_checks(run: Run, track: TrackRow, bundle_dir: Path, facts: checks.ServerFacts) -> tuple[list, dict]:
-    """Every check of one run, in order; (results, recomputed values)."""
-    record = parse_record(run.record, where=f"run {run.run_id}'s record")
-    events, telemetry = read_events(bundle_dir / "events.jsonl"), read_jsonl(bundle_dir / "telemetry.jsonl")
-    results = [
-        checks.check_record(record, track),
-        checks.check_code(record, facts),
-        checks.check_data(record, facts),
-        checks.check_tokenizer(record, facts),
-        checks.check_hardware(record, telemetry, track),
-    ]
-    timing, train_time_s = checks.check_train_time(record, events, facts)
-    results.append(timing)
-    recomputed = {"train_time_s": train_time_s}
-    weights, model_config = checks.check_weights(bundle_dir)
-    results.append(weights)
-    if model_config is None:
-        results.append(checks.CheckResult("metric", "skip", "not recomputed: the weights could not be read safely"))
-        return results, recomputed
+def renew(engine, *, job_id: int, worker_id: str) -> bool:
+    """Extend a held lease (claimed_at = now); False when the job is no longer this worker's."""
+    with Session(engine) as session:
+        renewed = session.exec(
+            update(Verification)
+            .where(Verification.id == job_id, Verification.claimed_by == worker_id, Verification.status == "pending")
+            .values(claimed_at=utcnow())
+        ).rowcount
+        session.commit()
+    return renewed == 1
+
+
+def job_input(run: Run, track: TrackRow, settings: Settings) -> bytes:
+    """What the child needs: the record, the track, where the bundle lies, the server's facts."""
+    return json.dumps(
+        {
+            "record": run.record,
+            "track": {k: getattr(track, k) for k in TRACK_FIELDS},
+            "spec": track.spec,
+            "bundle_dir": str(Path(settings.storage_dir) / "bundles" / run.bundle_sha256),
+            "facts": server_facts(track, settings).to_json(),
+            "telemetry_info": (run.summary or {}).get("telemetry_info"),
+        }
+    ).encode()
+
+
+def limits_of(settings: Settings) -> isolation.Limits:
+    return isolation.Limits(
+        memory_bytes=settings.verify_memory_bytes,
+        cpu_s=settings.verify_cpu_s,
+        wall_s=settings.verify_wall_s,
+        file_bytes=settings.verify_file_bytes,
+        threads=settings.verify_threads,
+    )
+
+
+def run_child(run: Run, track: TrackRow, settings: Settings, tick) -> tuple[list[CheckResult], dict]:
+    """The child's (results, recomputed); its failure is one "error" result saying why."""
     try:
-        metric_results, values = checks.check_metric(record, bundle_dir, track, facts)
-        results += metric_results
-        recomputed |= values
-    except ValueError as e:  # the bundle's fault: corrupt tensors, a vocab that does not fit the tokenizer
-        results.append(checks.CheckResult("metric", "fail", f"the model could not be evaluated: {e}"))
-    except Exception as e:  # noqa: BLE001 -- the server's fault (OOM, missing files): retry later
-        results.append(
-            checks.CheckResult(
-                "metric", "error", f"{type(e).__name__}: {e}", {"traceback": traceback.format_exc(limit=5)}
-            )
+        out = isolation.run_limited(
+            ["-m", "leaderboard.verify_child"],
+            stdin=job_input(run, track, settings),
+            limits=limits_of(settings),
+            tick=tick,
+            tick_s=max(1.0, settings.claim_lease_s / 3),
         )
-    return results, recomputed
+        answer = json.loads(out)
+    except isolation.ChildFailed as e:
+        return [CheckResult("verification", "error", e.reason)], {}
+    except ValueError:
+        return [CheckResult("verification", "error", "the verification answered something that is not JSON")], {}
+    return [CheckResult(**r) for r in answer["results"]], answer["recomputed"]
 
 
-def verify(session: Session, *, job: Verification, settings: Settings) -> Verification:
-    """Run the checks of a claimed job and write the verdict, its checks and the standing."""
+def verify(session: Session, *, job: Verification, settings: Settings, worker_id: str = "") -> Verification:
+    """Run the checks of a claimed job in a limited child and write the verdict, its checks and the standing."""
     t0 = time.perf_counter()
     run = session.get(Run, job.run_pk)
     track = session.get(TrackRow, run.track_id)
-    bundle_dir = Path(settings.storage_dir) / "bundles" / run.bundle_sha256
-    results, recomputed = run_checks(run, track, bundle_dir, server_facts(track, settings))
+    if job.attempts > settings.max_attempts:  # its worker died or lost the lease every time
+        results = [
+            CheckResult(
+                "verification", "error", f"gave up after {settings.max_attempts} attempts: {job.error or 'no answer'}"
+            )
+        ]
+        recomputed = {}
+    else:
+        engine = session.get_bind()
+        results, recomputed = run_child(
+            run, track, settings, tick=lambda: renew(engine, job_id=job.id, worker_id=worker_id)
+        )
+    session.refresh(job)
+    if job.status != "pending" or (worker_id and job.claimed_by != worker_id):
+        return job  # an admin or another worker took it over meanwhile
     for old in session.exec(select(Check).where(Check.verification_id == job.id)).all():
         session.delete(old)
     for r in results:
-        session.add(Check(verification_id=job.id, name=r.name, outcome=r.outcome, detail=r.detail, evidence=r.evidence))
-    failed = [f"{r.name}: {r.detail}" for r in results if r.outcome == "fail"]
-    errors = [f"{r.name}: {r.detail}" for r in results if r.outcome == "error"]
+        detail = redact(r.detail)
+        session.add(Check(verification_id=job.id, name=r.name, outcome=r.outcome, detail=detail, evidence=r.evidence))
+    failed = [f"{r.name}: {redact(r.detail)}" for r in results if r.outcome == "fail"]
+    errors = [f"{r.name}: {redact(r.detail)}" for r in results if r.outcome == "error"]
+    flags = [f"{r.name}: {redact(r.detail)}" for r in results if r.outcome == "flag"]
     job.recomputed_train_time_s = recomputed.get("train_time_s")
     job.recomputed_val_bpb = recomputed.get("val_bpb")
     job.recomputed_core = recomputed.get("core")
+    job.recomputed_heldout_bpb = recomputed.get("heldout_bpb")
     job.reasons = failed
     job.duration_s = time.perf_counter() - t0
     if failed:
         job.status, job.error, job.finished_at = "rejected", None, utcnow()
+    elif errors and job.attempts >= settings.max_attempts:
+        job.status, job.error, job.finished_at = "error", "; ".join(errors), utcnow()
     elif errors:  # the server could not check: leave it pending, retry later
         job.error = "; ".join(errors)
         job.claimed_by = job.claimed_at = None
         job.not_before = utcnow() + timedelta(seconds=settings.retry_after_s)
     else:
         job.status, job.error, job.finished_at = "verified", None, utcnow()
+        job.flag = "; ".join(flags) or None
     session.add(job)
     session.commit()
-    update_standing(session, track=track, submission_id=run.submission_id)
+    crud.store_detail(session, run=run)
+    ranking.update_standing(session, track=track, submission_id=run.submission_id)
     session.refresh(job)
-    log.info("run %s: %s%s", run.run_id, job.status, f" ({'; '.join(failed or errors)})" if failed or errors else "")
+    why = "; ".join(failed or errors or flags)
+    log.info("run %s: %s%s", run.run_id, job.status, f" ({why})" if why else "")
     return job
+
+
+def _give_up(engine, job_id: int, error: str, settings: Settings) -> None:
+    """A job whose verification raised in the worker itself: an error attempt, like a dead child."""
+    with Session(engine) as session:
+        job = session.get(Verification, job_id)
+        if job is None or job.status != "pending":
+            return
+        job.error = redact(error)[:2000]
+        if job.attempts >= settings.max_attempts:
+            job.status, job.finished_at = "error", utcnow()
+        else:
+            job.claimed_by = job.claimed_at = None
+            job.not_before = utcnow() + timedelta(seconds=settings.retry_after_s)
+        session.add(job)
+        session.commit()
+        crud.store_detail(session, run=session.get(Run, job.run_pk))
 
 
 def verify_worker(
     once: bool = False, *, settings: Settings | None = None, poll_s: float = 5.0, worker_id: str | None = None
 ) -> int:
-    """`speedrun verify --worker [--once]`: verify pending runs (forever, or until none is left); returns how many."""
+    """`speedrun verify --worker [--once]`: verify pending runs (forever, or until none is left); returns how many.
+
+    Nothing a job does ends the loop: an exception in the worker's own code is logged and becomes an error
+    attempt of that job; a database that went away is waited for."""
     settings = settings or get_settings()
     engine = prepare_database(settings)
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-    done = 0
+    done, expired_until = 0, utcnow()
     while True:
-        with Session(engine) as session:
-            job = claim(session, worker_id=worker_id, lease_s=settings.claim_lease_s)
-            if job is not None:
-                verify(session, job=job, settings=settings)
-                done += 1
-                continue
+        job_id = None
+        try:
+            with Session(engine) as session:
+                now = utcnow()  # registered runs whose deadline passed are misses from now on
+                ranking.expire_registrations(session, since=expired_until, until=now)
+                expired_until = now
+                job = claim(session, worker_id=worker_id, lease_s=settings.claim_lease_s)
+                if job is not None:
+                    job_id = job.id
+                    verify(session, job=job, settings=settings, worker_id=worker_id)
+                    done += 1
+                    continue
+        except Exception:  # noqa: BLE001 -- the worker outlives any one job and any one outage
+            log.exception("verifier: %s", f"job {job_id} failed in the worker" if job_id else "database error")
+            if job_id is not None:
+                try:
+                    _give_up(engine, job_id, traceback.format_exc(limit=1).strip().splitlines()[-1], settings)
+                    done += 1
+                    continue
+                except Exception:  # noqa: BLE001 -- the database itself is away: wait and poll again
+                    log.exception("verifier: could not record the failure of job %s", job_id)
         if once:
             return done
         time.sleep(poll_s)

@@ -7,22 +7,26 @@
 
 The golden model (shared/golden/model/perturbed.safetensors: sequence_len 256, vocab 4096, 4 layers)
 scores val bpb 6.2985459 on 4 batches of 4x256 tokens of shared/data/pretrain's val shard with the
-golden tokenizer: the "claimed" value every honest bundle carries. `tamper=` makes the bundles the
-verifier must reject: "metric", "step_times", "step_times_consistent", "baseline_hash", "pickle".
+golden tokenizer: the "claimed" value every honest bundle carries. Each bundle's weights are the golden
+model's with one input-embedding row of a special token (never in the val text) changed by its run id:
+distinct tensors (one model, one run), the same val bpb. `tamper=` makes the bundles the verifier must
+reject: "metric", "step_times", "step_times_consistent", "baseline_hash"; "pickle" the upload refuses.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
-import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from leaderboard.settings import REPO, Settings, TrackResources
-from protocol.hashing import ALL_FILES, NOT_CONTENT, code_hashes, tree_hash
+from protocol.hashing import ALL_FILES, NOT_CONTENT, code_hashes, file_sha256, tree_hash
 
 SHARED = Path(os.environ.get("SPEEDRUN_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"
@@ -100,11 +104,60 @@ def server_settings(directory: Path, *, database_url: str | None = None, **overr
     )
 
 
+def distinct_weights(src: Path, dst: Path, salt: str) -> None:
+    """The golden weights with the last special token's input embedding set from `salt`: that token never occurs
+    in the val text, so the model scores the same, but its tensors (and their content hash) are its own."""
+    tensors = load_file(src)
+    digest = hashlib.sha256(salt.encode()).digest()
+    row = tensors["transformer.wte.weight"][-1]
+    for i, byte in enumerate(digest[: row.numel()]):
+        row[i] = (byte - 128) / 256
+    save_file(tensors, dst)
+
+
+def timed(events: list[dict], *, nanochat: bool = False) -> float:
+    """Σ dt_s over every step (protocol/timing.py), or over steps > 10 (nanochat's figure)."""
+    return sum(e["dt_s"] for e in events if e["event"] == "step" and (not nanochat or e["step"] > 10))
+
+
+def close(events: list[dict], n_steps: int, weights_sha256: str) -> list[dict]:
+    """The lines after the last step, as the trainer and runner write them: the final eval, the save of the
+    final checkpoint (with the weights' sha256) and the trainer's summary (baseline.train.TrainResult)."""
+    wall, runner_t = events[-1]["wall"], events[-1]["runner_t"]
+    return [
+        {"event": "val", "step": n_steps, "val_bpb": GOLDEN_BPB, "wall": wall + 1.0, "runner_t": runner_t + 1.0},
+        {"event": "checkpoint_start", "step": n_steps, "wall": wall + 1.01, "runner_t": runner_t + 1.01},
+        {
+            "event": "checkpoint",
+            "step": n_steps,
+            "seconds": 0.1,
+            "sha256": weights_sha256,
+            "wall": wall + 1.11,
+            "runner_t": runner_t + 1.11,
+        },
+        {
+            "event": "end",
+            "status": "completed",
+            "step": n_steps,
+            "num_iterations": n_steps,
+            "train_time_s": timed(events),
+            "val_bpb": GOLDEN_BPB,
+            "checkpoint": f"checkpoints/step_{n_steps:06d}",
+            "wall": wall + 1.2,
+            "runner_t": runner_t + 1.2,
+        },
+    ]
+
+
 def _events(n_steps: int, dt_s: float, t0: float, seed: int) -> list[dict]:
-    events, wall, total = [], t0, 0.0
+    """start + the step events, stamped by the trainer (wall) and by the runner as they arrive (runner_t)."""
+    runner_t = 3.0  # the runner launched the training process 3 s before its first step
+    events = [{"event": "start", "step": 0, "wall": t0, "runner_t": runner_t}]
+    wall, total = t0, 0.0
     for step in range(n_steps):
         dt = dt_s * (1 + 0.01 * ((step * 7 + seed) % 5))  # a little jitter, deterministic
         wall += dt + 0.002  # the trainer logs right after the step; the next one starts right after
+        runner_t += dt + 0.002
         total += dt  # every step is timed (protocol/timing.py)
         loss = 8.3 - 1.5 * step / n_steps
         events.append(
@@ -119,9 +172,9 @@ def _events(n_steps: int, dt_s: float, t0: float, seed: int) -> list[dict]:
                 "mfu": 1.5,
                 "train_time_s": total,
                 "wall": wall,
+                "runner_t": runner_t + 0.0005,
             }
         )
-    events.append({"event": "val", "step": n_steps, "val_bpb": GOLDEN_BPB, "wall": wall + 1.0})
     return events
 
 
@@ -175,7 +228,7 @@ def make_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     t0 = 1_700_000_000.0 + 1000 * seed
     events = _events(n_steps, dt_s, t0, seed)
-    train_time_s = events[-2]["train_time_s"]
+    train_time_s = timed(events)
     cache = provenance_cache if provenance_cache is not None else {}
     if "code" not in cache:
         cache["code"] = code_hashes(REPO)
@@ -191,7 +244,7 @@ def make_bundle(
             if e["event"] == "step":
                 e["dt_s"] *= 0.5  # wall stamps untouched: the gaps now show the missing time
         if tamper == "step_times_consistent":
-            train_time_s = sum(e["dt_s"] for e in events if e["event"] == "step")
+            train_time_s = timed(events)
     elif tamper is not None and tamper != "pickle":
         raise ValueError(f"unknown tamper {tamper!r}")
     record = {
@@ -219,7 +272,7 @@ def make_bundle(
         "plan": {"num_iterations": n_steps},
         "timing": {
             "train_time_s": train_time_s,
-            "nanochat_time_s": train_time_s / 2,
+            "nanochat_time_s": timed(events, nanochat=True),
             "warmup_time_s": 5.0,
             "setup_time_s": 1.0,
             "eval_time_s": 1.0,
@@ -268,15 +321,16 @@ def make_bundle(
         name: directory / name
         for name in ("record.json", "events.jsonl", "telemetry.jsonl", "model.safetensors", "meta.json", "train.log")
     }
+    if tamper == "pickle":
+        paths["model.safetensors"].write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    else:
+        distinct_weights(GOLDEN_WEIGHTS, paths["model.safetensors"], salt=run_id)
+    events += close(events, n_steps, file_sha256(paths["model.safetensors"]))
     paths["record.json"].write_text(json.dumps(record, indent=1))
     paths["events.jsonl"].write_text("".join(json.dumps(e) + "\n" for e in events))
     paths["telemetry.jsonl"].write_text("".join(json.dumps(r) + "\n" for r in _telemetry(t0, events[-1]["wall"])))
     paths["meta.json"].write_text(json.dumps({"step": n_steps, "model_config": GOLDEN_CONFIG}))
     paths["train.log"].write_text(f"training d4 for {n_steps} steps (test fixture {run_id})\n")
-    if tamper == "pickle":
-        paths["model.safetensors"].write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
-    else:
-        shutil.copyfile(GOLDEN_WEIGHTS, paths["model.safetensors"])
     return paths
 
 

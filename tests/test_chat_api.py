@@ -201,6 +201,19 @@ def test_bad_requests_get_4xx_with_a_detail(served_env, change, status, says):
     assert says in json.dumps(r.json()["detail"])
 
 
+def test_a_long_prompt_is_refused_by_its_characters_before_it_is_tokenized(served_env, monkeypatch):
+    service = attach(served_env, max_prompt_chars=1000)
+    service.refresh()
+    tokenized = []
+    monkeypatch.setattr(ServedModel, "prompt_ids", lambda self, messages: tokenized.append(1) or [1])
+    r = served_env.client.post(
+        "/v1/chat/completions", json={"model": "golden", "messages": [{"role": "user", "content": "x" * 5000}]}
+    )
+    assert r.status_code == 400 and "5,000 characters" in r.json()["detail"] and tokenized == []
+    body = {"model": "golden", "messages": [{"role": "user", "content": "x" * 100_000_000}]}
+    assert served_env.client.post("/v1/chat/completions", json=body).status_code == 413  # never read
+
+
 def test_a_full_queue_gets_429_and_the_slot_frees_afterwards(served_env):
     service = attach(served_env, max_concurrent=1, max_queued=0)
     service.refresh()

@@ -79,7 +79,7 @@ def golden_bundles(tmp_path_factory) -> dict[str, dict[str, Path]]:
     out = {
         f"r{i}": fixtures.make_bundle(root / f"r{i}", run_id=f"r{i}", seed=i, provenance_cache=cache) for i in range(3)
     }
-    for tamper in ("metric", "step_times", "step_times_consistent", "baseline_hash", "pickle"):
+    for tamper in ("metric", "step_times", "step_times_consistent", "baseline_hash", "pickle"):  # pickle: 422
         out[tamper] = fixtures.make_bundle(
             root / tamper, run_id=f"t-{tamper}", seed=9, tamper=tamper, provenance_cache=cache
         )
@@ -225,7 +225,7 @@ def test_upload_then_same_bundle_again_is_one_run(env, golden_bundles):
     assert subs[0]["n_runs"] == 1 and subs[0]["link"] == "https://example.org/pr/1"
     detail = env.client.get("/api/runs/r0").json()
     assert detail["record"]["run_id"] == "r0" and set(detail["files"]) >= {"record.json", "model.safetensors"}
-    log = env.client.get("/api/runs/r0/files/train.log")
+    log = env.client.get("/api/runs/r0/files/train.log", headers=env.auth(env.alice))  # the owner may, before
     assert log.status_code == 200 and "test fixture r0" in log.text
 
 
@@ -297,11 +297,16 @@ def test_uploads_over_the_limits_are_413(tmp_path, golden_bundles):
 def test_runs_list_filters(env, golden_bundles):
     for name in ("r0", "r1"):
         assert upload(env, golden_bundles[name], env.alice).status_code == 201
-    assert upload(env, golden_bundles["pickle"], env.bob).status_code == 201
+    assert upload(env, golden_bundles["metric"], env.bob).status_code == 201
     assert len(env.client.get("/api/runs", params={"track": "golden"}).json()) == 3
     assert env.client.get("/api/runs", params={"track": "nope"}).status_code == 404
     assert len(env.client.get("/api/runs", params={"verification": "pending", "limit": 2}).json()) == 2
     assert env.client.get("/api/runs", params={"verification": "maybe"}).status_code == 422
+    assert env.client.get("/api/runs", params={"limit": 500}).status_code == 422  # capped: pages are keyset
+    first = env.client.get("/api/runs", params={"limit": 2})
+    rest = env.client.get("/api/runs", params={"limit": 2, "cursor": first.headers["x-next-cursor"]})
+    assert [r["run_id"] for r in first.json() + rest.json()] == ["t-metric", "r1", "r0"]
+    assert "x-next-cursor" not in rest.headers
     board = env.client.get("/api/tracks/golden/leaderboard").json()
     assert len(board) == 2 and all(s["rank"] is None for s in board)  # nothing verified yet: nothing ranks
 
@@ -330,3 +335,23 @@ def test_submit_packs_a_run_directory_and_uploads_it(env, golden_bundles, tmp_pa
     assert client.submit([run_dir], "http://lb", env.alice)[0]["run_id"] == "r2"  # again: 200, the same run
     with pytest.raises(client.SubmitError, match="401"):
         client.submit([run_dir], "http://lb", "sr_wrong")
+
+
+def test_board_reads_carry_an_etag_and_answer_a_repeat_with_304(tmp_path, golden_bundles):
+    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'lb.db'}", cache_ttl_s=60.0)
+    assert upload(env, golden_bundles["r0"], env.alice).status_code == 201
+    for path in (
+        "/api/tracks/golden/leaderboard",
+        "/tracks/golden",
+        "/api/runs?track=golden",
+        "/api/runs/r0",
+        "/runs/r0",
+    ):
+        first = env.client.get(path)
+        etag = first.headers["etag"]
+        assert first.status_code == 200 and first.headers["cache-control"] == "public, max-age=60", path
+        again = env.client.get(path, headers={"If-None-Match": etag})  # answered by ServeCached, before routing
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag, path
+        assert env.client.get(path).content == first.content
+    assert upload(env, golden_bundles["r1"], env.alice).status_code == 201  # a write clears the cache
+    assert len(env.client.get("/api/runs?track=golden").json()) == 2

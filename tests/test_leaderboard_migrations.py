@@ -38,7 +38,7 @@ def test_upgrading_a_database_with_data_keeps_the_data(db_url):  # noqa: F811
             c.execute(text(row))
     migrate(db_url)  # 0001 -> head: on SQLite, `run` is copied into a new table with the new column
     migrate(db_url)  # start-up on a database already at head is a no-op
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
     with engine.connect() as c:
         run = c.execute(text("SELECT run_id, seed, train_time_s, hardware, record FROM run")).one()
         assert run[:4] == ("old-run", 7, 12.5, None)

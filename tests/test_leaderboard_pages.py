@@ -91,7 +91,7 @@ def test_a_run_page_shows_its_plots_checks_and_files(site, browser, tmp_path):
     )
     for i in range(1, 4):
         assert drawn_length(browser, f"#telemetry svg.chart:nth-of-type({i}) polyline.series") > 10
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#checks tr.check-row")) == 8
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#checks tr.check-row")) == 9  # heldout: skip here
     links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#files a")]
     assert any(link.endswith("/api/runs/r1/files/train.log") for link in links)
     browser.save_screenshot(str(tmp_path / "run.png"))

@@ -1,1 +1,1 @@
-"""One router per resource: tracks, runs (upload and reads), submissions, admin; and the HTML pages."""
+"""One router per resource: tracks, runs (upload and reads), registrations, submissions, admin; and the HTML pages."""

@@ -8,17 +8,22 @@ POST /api/admin/chat/reload  (admin) look for a new top run now and swap it in
 GET  /chat                   the chat page
 
 Errors before a reply starts are HTTP errors with a `detail`: 400 (limits, turn order), 404 (unknown
-model), 422 (malformed body), 429 (queue full, with Retry-After), 503 (no model), 504 (timeout). An
+model), 413 (a body over Settings.max_chat_body_bytes, refused before it is read), 422 (malformed
+body, NaN or out-of-range numbers), 429 (queue full, with Retry-After), 503 (no model), 504 (timeout).
+The prompt's characters are capped (ChatSettings.max_prompt_chars) before it is tokenized, and the
+tokenizing runs on the thread pool, never on the event loop. A client that goes away ends its
+generation, streaming or not. An
 error after a stream started is an SSE event `{"error": {...}}` followed by `[DONE]`. /health and
 /v1/chat/completions are left out of the OpenAPI schema: their 503/504 answers are by design, and the
 schema fuzz test holds every documented route to "never a 5xx".
 """
 
+import asyncio
 import json
 import secrets
 import threading
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -63,7 +68,7 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | Annotated[list[TextPart], Field(max_length=100)]
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -74,18 +79,19 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # clients send OpenAI fields we do not use (user, ...)
+    # extra="ignore": clients send OpenAI fields we do not use (user, ...); NaN and infinities are refused
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str
+    model: str = Field(max_length=200)
     messages: list[Message] = Field(min_length=1, max_length=500)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_k: int | None = Field(default=None, ge=1)  # not OpenAI's: nanochat's sampler; top_p is not supported
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int = Field(default=1, ge=1)
-    seed: int | None = None
+    top_k: int | None = Field(default=None, ge=1, le=1 << 20)  # not OpenAI's: nanochat's sampler; no top_p
+    max_tokens: int | None = Field(default=None, ge=1, le=1 << 20)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1 << 20)
+    n: int = Field(default=1, ge=1, le=1000)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)  # torch's generator takes a signed 64-bit seed
     stop: str | list[str] | None = None
 
 
@@ -116,6 +122,12 @@ def prepare(body: ChatCompletionRequest, service: ChatService) -> tuple[ServedMo
     if max_tokens > limits.max_tokens:
         raise HTTPException(400, detail=f"max_tokens = {max_tokens} is over this server's limit of {limits.max_tokens}")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > limits.max_prompt_chars:  # before tokenizing: the tokenizer's work grows with the text
+        raise HTTPException(
+            400,
+            detail=f"the messages hold {chars:,} characters, over this server's limit of {limits.max_prompt_chars:,}",
+        )
     if served.is_chat:
         check_turns(messages)
     prompt = served.prompt_ids(messages)
@@ -201,7 +213,7 @@ async def list_models(request: Request) -> dict:
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     service = chat_service(request)
-    served, prompt, args = prepare(body, service)
+    served, prompt, args = await run_in_threadpool(prepare, body, service)  # tokenizing: off the event loop
     try:
         gen = service.generate(served, prompt, **args)
     except Busy as e:
@@ -221,6 +233,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     texts, finish = [""] * body.n, [None] * body.n
+    watcher = asyncio.create_task(_cancel_when_gone(request, gen))
     try:
         async for step in gen.steps():
             for i, delta in step.deltas.items():
@@ -231,6 +244,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise HTTPException(504, detail=str(e)) from None
     except Exception as e:  # noqa: BLE001 -- the generation thread failed: say why rather than a bare 500
         raise HTTPException(500, detail=f"generation failed: {type(e).__name__}: {e}") from None
+    finally:
+        watcher.cancel()
     choices = [
         {
             "index": i,
@@ -241,6 +256,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         for i in range(body.n)
     ]
     return {**head, "object": "chat.completion", "choices": choices, "usage": _usage(prompt, gen)}
+
+
+async def _cancel_when_gone(request: Request, gen, every_s: float = 0.25) -> None:
+    """Stop a non-streaming generation whose client went away (a stream stops when its write fails)."""
+    while not gen.cancelled.is_set():
+        if await request.is_disconnected():
+            gen.cancelled.set()
+            return
+        await asyncio.sleep(every_s)
 
 
 async def sse_events(gen, head: dict, prompt: list[int], include_usage: bool):

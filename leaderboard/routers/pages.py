@@ -4,8 +4,11 @@
 /tracks/{name}        the board (rank, submission, submitter, time mean ± std (n), metric, val bpb,
                       p-value, energy, cost, MFU, date, verified) and the record progression chart
 /runs/{run_id}        loss curve, telemetry (power, utilization, memory), checks, config,
-                      provenance and the bundle's files to download
+                      provenance, its owner and when it was uploaded, and the bundle's files (links
+                      for everyone once it is verified)
 /submissions/{id}     a submission and its runs
+Every page is built from what the database holds (a run's charts from its stored summary, never from
+its events or telemetry files) and served through leaderboard/pagecache.py with an ETag.
 """
 
 import json
@@ -21,11 +24,13 @@ from sqlmodel import select
 
 from leaderboard import crud, ranking
 from leaderboard.charts import Series, line_chart
-from leaderboard.deps import SessionDep, SettingsDep, open_session
+from leaderboard.deps import SettingsDep, open_session
 from leaderboard.models import RecordEntry, Run, Submission, TrackRow
+from leaderboard.pagecache import cached_response
 from leaderboard.routers.runs import run_or_404
 from leaderboard.routers.tracks import track_or_404
-from leaderboard.uploads import read_jsonl
+
+HTML = "text/html; charset=utf-8"
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
@@ -76,7 +81,7 @@ async def index(request: Request, settings: SettingsDep):
                 rows.append({"track": crud.track_public(track), "runs": runs.get(track.id, 0), "record": record})
             return render("index.html", rows=rows)
 
-    return HTMLResponse(await ranking.READS.get_async(("index",), settings.cache_ttl_s, build))
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)
 
 
 @router.get("/tracks/{name}", response_class=HTMLResponse)
@@ -95,23 +100,19 @@ async def track_page(name: str, request: Request, settings: SettingsDep):
                 step=True,
                 x_is_time=True,
             )
-            recent = crud.list_runs(session, track=track, limit=20)
+            recent, _ = crud.list_runs(session, track=track, limit=20)
             return render(
                 "track.html", track=crud.track_public(track), board=board, records=records, chart=chart, recent=recent
             )
 
-    return HTMLResponse(await ranking.READS.get_async(("track_page", name), settings.cache_ttl_s, build))
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)
 
 
-def loss_chart(events: list[dict]) -> Markup:
-    steps = [e for e in events if e.get("event") == "step"]
-    val = [e for e in events if e.get("event") == "val" and e.get("val_bpb") is not None]
+def loss_chart(summary: dict) -> Markup:
+    steps, val = summary.get("loss") or [], summary.get("val") or []
     charts = [
         line_chart(
-            [
-                Series("loss", [(e["step"], e.get("loss")) for e in steps]),
-                Series("smoothed", [(e["step"], e.get("smooth_loss")) for e in steps]),
-            ],
+            [Series("loss", [(s, loss) for s, loss, _ in steps]), Series("smoothed", [(s, sm) for s, _, sm in steps])],
             title="training loss",
             x_label="step",
             y_label="nats",
@@ -120,7 +121,7 @@ def loss_chart(events: list[dict]) -> Markup:
     if val:
         charts.append(
             line_chart(
-                [Series("val bpb", [(e["step"], e["val_bpb"]) for e in val])],
+                [Series("val bpb", [(step, bpb) for step, bpb in val])],
                 title="val bpb",
                 x_label="step",
                 y_label="bits per byte",
@@ -129,54 +130,49 @@ def loss_chart(events: list[dict]) -> Markup:
     return Markup("".join(charts))
 
 
-def telemetry_charts(samples: list[dict]) -> Markup:
-    """Power, utilization and memory over time: GPUs (summed / averaged) from NVML, else the CPU side."""
-    rows = [s for s in samples if s.get("kind") == "sample" and isinstance(s.get("t"), int | float)]
-    gpu = any(s.get("gpus") for s in rows)
-
-    def total(s, key):
-        vals = [g.get(key) for g in s.get("gpus") or [] if g.get(key) is not None]
-        return sum(vals) if vals else None
-
-    if gpu:
-        power = [(s["t"], total(s, "power_w")) for s in rows]
-        util = [(s["t"], (total(s, "utilization_pct") or 0) / max(len(s.get("gpus") or []), 1)) for s in rows]
-        memory = [(s["t"], (total(s, "memory_used_bytes") or 0) / 2**30) for s in rows]
-        labels = ("GPU power (sum, W)", "GPU utilization (mean, %)", "GPU memory (sum, GiB)")
-    else:
-        energy = [(s["t"], (s.get("cpu") or {}).get("rapl_energy_j")) for s in rows]
-        energy = [(t, e) for t, e in energy if e is not None]
-        power = [(tb, (eb - ea) / (tb - ta)) for (ta, ea), (tb, eb) in zip(energy, energy[1:], strict=False) if tb > ta]
-        util = [(s["t"], (s.get("cpu") or {}).get("cpu_percent")) for s in rows]
-        memory = [(s["t"], ((s.get("cpu") or {}).get("rss_bytes") or 0) / 2**30) for s in rows]
-        labels = ("CPU package power (RAPL, W)", "CPU utilization (%)", "process memory (RSS, GiB)")
+def telemetry_charts(summary: dict) -> Markup:
+    """Power, utilization and memory over time, as leaderboard/summary.py drew them from the samples."""
     return Markup("").join(
         line_chart(
-            [Series(label, pts)], title=label, x_label="seconds", y_label=label.split(" (")[1].rstrip(")"), height=200
+            [Series(label, [tuple(p) for p in points])],
+            title=label,
+            x_label="seconds",
+            y_label=label.split(" (")[1].rstrip(")"),
+            height=200,
         )
-        for label, pts in zip(labels, (power, util, memory), strict=True)
+        for label, points in (summary.get("telemetry") or {}).items()
     )
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(run_id: str, request: Request, session: SessionDep, settings: SettingsDep):
-    detail = crud.run_detail(session, run=run_or_404(session, run_id))
-    bundle_dir = settings.storage_dir / "bundles" / detail.bundle_sha256
-    context = {
-        "run": detail,
-        "loss_chart": loss_chart(read_jsonl(bundle_dir / "events.jsonl")),
-        "telemetry_charts": telemetry_charts(read_jsonl(bundle_dir / "telemetry.jsonl")),
-    }
-    return templates.TemplateResponse(request, "run.html", context)
+async def run_page(run_id: str, request: Request, settings: SettingsDep):
+    def build() -> str:
+        with open_session(request) as session:
+            run = run_or_404(session, run_id)
+            detail = crud.run_detail(session, run=run)
+            track = session.get(TrackRow, run.track_id)
+            summary = run.summary or {}
+            return render(
+                "run.html",
+                run=detail,
+                track=crud.track_public(track),
+                loss_chart=loss_chart(summary),
+                telemetry_charts=telemetry_charts(summary),
+            )
+
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)
 
 
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse)
-def submission_page(submission_id: int, request: Request, session: SessionDep):
-    submission = session.get(Submission, submission_id) if 0 <= submission_id < 2**31 else None
-    if submission is None:
-        raise HTTPException(404, detail=f"no submission {submission_id}")
-    context = {
-        "submission": crud.submission_public(session, submission=submission),
-        "runs": crud.list_runs(session, submission_id=submission_id, limit=500),
-    }
-    return templates.TemplateResponse(request, "submission.html", context)
+async def submission_page(submission_id: int, request: Request, settings: SettingsDep):
+    def build() -> str:
+        with open_session(request) as session:
+            submission = session.get(Submission, submission_id) if 0 <= submission_id < 2**31 else None
+            if submission is None:
+                raise HTTPException(404, detail=f"no submission {submission_id}")
+            runs, _ = crud.list_runs(session, submission_id=submission_id, limit=100)
+            return render(
+                "submission.html", submission=crud.submission_public(session, submission=submission), runs=runs
+            )
+
+    return await cached_response(request, settings.cache_ttl_s, build, HTML)

@@ -6,6 +6,7 @@ from pydantic import TypeAdapter
 from leaderboard import crud, ranking
 from leaderboard.deps import SessionDep, SettingsDep, open_session
 from leaderboard.models import RecordPublic, StandingPublic, TrackPublic, TrackRow
+from leaderboard.pagecache import cached_response
 
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 NOT_FOUND = {404: {"description": "No such track"}}
@@ -13,10 +14,10 @@ BOARD, RECORDS = TypeAdapter(list[StandingPublic]), TypeAdapter(list[RecordPubli
 
 
 def track_or_404(session, name: str) -> TrackRow:
-    track = crud.get_track(session, name=name)
+    track = crud.get_track(session, name=name) if len(name) <= 100 else None
     if track is None:
         known = ", ".join(t.name for t in crud.list_tracks_public(session))
-        raise HTTPException(404, detail=f"no track {name!r}: the server has {known}")
+        raise HTTPException(404, detail=f"no track {name[:100]!r}: the server has {known}")
     return track
 
 
@@ -41,8 +42,8 @@ async def read_leaderboard(name: str, request: Request, settings: SettingsDep) -
         with open_session(request) as session:
             return BOARD.dump_json(ranking.leaderboard(session, track=track_or_404(session, name)))
 
-    body = await ranking.READS.get_async(("leaderboard", name), settings.cache_ttl_s, build)
-    return Response(body, media_type="application/json")  # cached as bytes: a hit touches neither DB nor pydantic
+    # Cached as bytes with an ETag: a hit touches neither the database nor pydantic.
+    return await cached_response(request, settings.cache_ttl_s, build, "application/json")
 
 
 @router.get(
@@ -56,5 +57,4 @@ async def read_records(name: str, request: Request, settings: SettingsDep) -> Re
         with open_session(request) as session:
             return RECORDS.dump_json(ranking.record_history(session, track=track_or_404(session, name)))
 
-    body = await ranking.READS.get_async(("records", name), settings.cache_ttl_s, build)
-    return Response(body, media_type="application/json")
+    return await cached_response(request, settings.cache_ttl_s, build, "application/json")
