@@ -3,14 +3,14 @@
 #   - Debian's munge + slurmctld + slurmd (22.05), one partition `debug` holding this machine's CPUs and memory;
 #   - no systemd, no cgroups, no accounting database: proctrack/linuxproc, task/none, select/cons_tres,
 #     so it also works inside a container;
-#   - config, state and logs under $SPEEDRUN_SLURM_DIR (default /tmp/speedrun-slurm); /etc/slurm is left alone.
+#   - config, state and logs under $SPEEDRUN_SLURM_DIR (default: speedrun-slurm in $TMPDIR or the system temp dir); /etc/slurm is left alone.
 # It prints the lines to export so the SLURM tests run instead of skipping:
 #   eval "$(bash scripts/slurm_service.sh)"    # sets SLURM_CONF and SPEEDRUN_TEST_SLURM=1
 # Everything else goes to stderr; on failure it exits non-zero with one line that says why.
 # Stop it with: kill $(cat $SPEEDRUN_SLURM_DIR/run/slurmd.pid $SPEEDRUN_SLURM_DIR/run/slurmctld.pid)
 set -euo pipefail
 
-DIR=${SPEEDRUN_SLURM_DIR:-/tmp/speedrun-slurm}
+DIR=${SPEEDRUN_SLURM_DIR:-${TMPDIR:-/tmp}/speedrun-slurm}
 CONF=$DIR/etc/slurm.conf
 export SLURM_CONF=$CONF
 log() { echo "slurm_service: $*" >&2; }
