@@ -20,6 +20,7 @@
 
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import fields
@@ -41,7 +42,7 @@ from harness.launchers.sky import SkyConfig
 from harness.launchers.slurm import SlurmConfig
 from harness.launchers.slurm import status as slurm_status
 from harness.runner import execute, follow, plan_campaign, register, resume, run
-from harness.submit import submit
+from harness.submit import register_campaign, submit
 from protocol import stats
 from protocol.record import (
     CAMPAIGNS_DIR,
@@ -107,6 +108,7 @@ def _tracks(args):
 
 
 DEFAULT_CHECKPOINT_MIN = {"cuda": 30.0, "cpu": None}  # GPU runs are long and often on preemptible machines
+NEEDS_TOKEN = "needs --token (or $SPEEDRUN_TOKEN): `speedrun token create NAME` on the server makes one"
 FOLLOWER_WAIT_S = 600  # how long another node waits for node 0 to register a multi-node run
 
 
@@ -118,11 +120,14 @@ def _run(args):
     track = load_track(args.track)
     every = args.checkpoint_every if args.checkpoint_every is not None else DEFAULT_CHECKPOINT_MIN[track.hardware.kind]
     args.checkpoint_every_s = every * 60 if every else None
+    args.registrar = _registrar(args) if args.server else None
     if args.launcher != "local":
         return _launch_elsewhere(args, track)
     # With --json, stdout carries the one JSON object only; what people read goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         run_dirs = _run_seeds(args, track)
+        if args.server:
+            _upload_finished(args, run_dirs)
     records = [read_record(d) for d in run_dirs]
     [campaign_file] = find_campaigns_of([run_dirs[0].name], args.runs_dir)
     campaign = verdicts.run_set(str(campaign_file), args.runs_dir)
@@ -136,6 +141,38 @@ def _run(args):
         sys.exit(f"speedrun: {len(bad)} of {len(run_dirs)} runs did not complete ({bad[0].run_id}: {bad[0].status})")
 
 
+def _registrar(args):
+    """--server: once the local checks pass, the server issues the campaign's name and run ids, before anything
+    runs (every seed counts there)."""
+    if not args.token:
+        raise ValueError(f"--server {NEEDS_TOKEN}")
+    if args.max_steps is not None or args.unofficial or args.campaign_id:
+        flag = "--max-steps" if args.max_steps is not None else "--unofficial" if args.unofficial else "--campaign-id"
+        raise ValueError(f"{flag} with --server: a registered run is an official one the server names; drop one")
+
+    def register_at_server(campaign) -> str:
+        name = campaign.submission.name
+        named = register_campaign(args.server, args.token, track=campaign.track.name, submission=name,
+                                  seeds=campaign.seeds)  # fmt: skip
+        print(f"registered {len(campaign.seeds)} runs of {name} on {args.server} as campaign {named}")
+        return named
+
+    return register_at_server
+
+
+def _upload_finished(args, run_dirs: list[Path]) -> None:
+    """Upload every run that ended (a miss as its record alone). One that can still be resumed (killed,
+    preempted) or never started waits: it is a miss only if it has not arrived by its deadline."""
+    ended = [d for d in run_dirs if read_record(d).status not in ("registered", "running", "preempted", "killed")]
+    submit(ended, args.server, args.token)
+    if len(ended) < len(run_dirs):
+        campaign_id = find_campaigns_of([run_dirs[0].name], args.runs_dir)[0].stem
+        print(
+            f"{len(run_dirs) - len(ended)} runs have not ended: `speedrun resume RUN`, then "
+            f"`speedrun submit {campaign_id} --server {args.server} --token …` before their deadline"
+        )
+
+
 def _launch_elsewhere(args, track):
     """--launcher slurm|sky: register (here for SLURM, on the machines for SkyPilot), submit, note the jobs."""
     if args.launcher == "slurm":
@@ -143,18 +180,23 @@ def _launch_elsewhere(args, track):
         campaign, run_dirs = register(track, args.submission, seeds=_seeds(args), runs_dir=args.runs_dir,
                                       data_dir=args.data_dir, nproc=args.nproc * args.nnodes, max_steps=args.max_steps,
                                       unofficial=args.unofficial, checkpoint_every_s=args.checkpoint_every_s,
-                                      campaign_id=args.campaign_id)  # fmt: skip
+                                      campaign_id=args.campaign_id, registrar=args.registrar)  # fmt: skip
         campaign = dispatch.submit_slurm(campaign, run_dirs, track=args.track, config=config, nodes=args.nnodes,
                                          nproc=args.nproc, time_min=args.time_min, runs_dir=args.runs_dir)  # fmt: skip
     else:
         config = SkyConfig.from_toml(args.sky_config, use_spot=args.spot, cloud=args.cloud, region=args.region)
         campaign, _ = plan_campaign(track, args.submission, _seeds(args), args.campaign_id)
+        if args.registrar:  # the machines register the runs under the server's name
+            named = args.registrar(campaign)
+            campaign, _ = plan_campaign(track, args.submission, _seeds(args), named)
         campaign, _ = dispatch.submit_sky(campaign, submission=args.submission, track=args.track, config=config,
                                           checkpoint_every_min=args.checkpoint_every_s and args.checkpoint_every_s / 60,
                                           runs_dir=args.runs_dir, launch=not args.no_launch)  # fmt: skip
     for run_id, job in campaign.jobs.items():
         print(f"{run_id}: {args.launcher} job {job}")
     print(f"follow them with `speedrun status {campaign.campaign_id}`")
+    if args.server:
+        print(f"when they end: `speedrun submit {campaign.campaign_id} --server {args.server} --token …`")
 
 
 def _execute(args):
@@ -214,6 +256,7 @@ def _run_seeds(args, track):
         unofficial=args.unofficial,
         checkpoint_every_s=args.checkpoint_every_s,
         campaign_id=args.campaign_id,
+        registrar=args.registrar,
     )
 
 
@@ -316,7 +359,13 @@ def _chat_tune(args):
 
 
 def _submit(args):
-    results = submit([find_run(r, args.runs_dir) for r in args.runs], args.server, args.token,
+    if not args.token:
+        raise ValueError(f"speedrun submit {NEEDS_TOKEN}")
+    ids = []
+    for name in args.runs:  # a campaign stands for all its runs
+        campaign = find_campaign(name, args.runs_dir)
+        ids += read_campaign(campaign).run_ids if campaign else [name]
+    results = submit([find_run(r, args.runs_dir) for r in ids], args.server, args.token,
                      description=args.description, link=args.link)  # fmt: skip
     for r in results:
         print(json.dumps(r))
@@ -409,6 +458,10 @@ def add_commands(sub) -> None:
     p.add_argument("--no-launch", action="store_true", help="--launcher sky: build and check the tasks only")
     p.add_argument("--against", default=None, help="campaign, run or submission to compare with (default: the "
                    "track's calibrated baseline)")  # fmt: skip
+    p.add_argument("--server", default=None, help="a leaderboard: register the seeds there first, upload each run "
+                   "as it ends (a failed one is reported: every seed counts)")  # fmt: skip
+    p.add_argument("--token", default=os.environ.get("SPEEDRUN_TOKEN"), help="your API token for --server "
+                   "(default: $SPEEDRUN_TOKEN)")  # fmt: skip
     p.set_defaults(func=_run)
 
     p = sub.add_parser("execute", help="run one registered run (what a SLURM job runs; every node of a multi-node one)")
@@ -468,9 +521,10 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_chat_tune)
 
     p = sub.add_parser("submit", help="upload run bundles to a leaderboard server")
-    p.add_argument("runs", nargs="+", help="run ids or run directories")
+    p.add_argument("runs", nargs="+", help="campaign ids, run ids or run directories (a failed run: its record)")
     p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
-    p.add_argument("--token", required=True, help="your API token (`speedrun token create` on the server)")
+    p.add_argument("--token", default=os.environ.get("SPEEDRUN_TOKEN"),
+                   help="your API token (`speedrun token create` on the server; default: $SPEEDRUN_TOKEN)")  # fmt: skip
     p.add_argument("--description", default="")
     p.add_argument("--link", default="", help="a link to the submission's code or write-up")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -484,11 +485,12 @@ def run(
     unofficial: bool = False,
     checkpoint_every_s: float | None = None,
     campaign_id: str | None = None,
+    registrar: Callable[[Campaign], str] | None = None,
 ) -> list[Path]:
     """Register one run per seed (all before any starts), then run them in turn; returns the run directories."""
     _, run_dirs = register(track, submission, seeds=seeds, runs_dir=runs_dir, data_dir=data_dir, nproc=nproc * nnodes,
                            max_steps=max_steps, unofficial=unofficial, checkpoint_every_s=checkpoint_every_s,
-                           campaign_id=campaign_id)  # fmt: skip
+                           campaign_id=campaign_id, registrar=registrar)  # fmt: skip
     for run_dir in run_dirs:
         record = execute(run_dir, read_record(run_dir), nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
         timed_s = record.timing.train_time_s if record.timing else 0.0
@@ -514,8 +516,14 @@ def register(
     unofficial: bool = False,
     checkpoint_every_s: float | None = None,
     campaign_id: str | None = None,
+    registrar: Callable[[Campaign], str] | None = None,
 ) -> tuple[Campaign, list[Path]]:
-    """Prepare the track and write every seed's run directory (status registered) and the campaign file."""
+    """Prepare the track and write every seed's run directory (status registered) and the campaign file.
+
+    `registrar` (a leaderboard's registration, `speedrun run --server`) is called once every local check
+    has passed, the submission's, the hardware's, the data's and each seed's plan, and before anything is
+    written: it returns the campaign id the server issued, which names the runs.
+    """
     campaign, plugin = plan_campaign(track, submission, seeds, campaign_id)
     reasons = preflight(track, nproc, 1)
     if reasons and not unofficial:
@@ -537,12 +545,17 @@ def register(
     # What the training process may not read: the val split, the held-out split if this machine has it,
     # the CORE eval bundle.
     denied = [*splits["val"], *(data_dir / n for n in track.dataset.heldout_shards), eval_bundle_dir()]
-    run_dirs = []
+    plans = []
     for seed in seeds:
         config = TrainConfig(**track.training_config(plugin.config), vocab_size=vocab, seed=seed)
-        plan = plan_training(config, nproc)  # fails here, before launching, on a bad shape
+        plans.append((config, plan_training(config, nproc)))  # fails here, before launching, on a bad shape
         check_eval_budget(config, nproc)
-        run_dir = runs_dir / f"{campaign.campaign_id}-s{seed}"
+    if registrar is not None:
+        named = registrar(campaign)
+        campaign = campaign.model_copy(update={"campaign_id": named, "run_ids": [f"{named}-s{s}" for s in seeds]})
+    run_dirs = []
+    for seed, run_id, (config, plan) in zip(seeds, campaign.run_ids, plans, strict=True):
+        run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=False)
         spec = RunSpec(
             submission=_relative(plugin.path, run_dir),
