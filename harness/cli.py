@@ -20,7 +20,7 @@
 
 import json
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from baseline import config as train_config
@@ -32,7 +32,7 @@ from eval.bpb import val_bpb_evaluator
 from eval.run import add_arguments as add_eval_arguments
 from eval.run import main as eval_main
 from harness.calibrate import calibrate
-from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, fetch_chat_data
+from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, default_config, fetch_chat_data
 from harness.runner import resume, run
 from harness.submit import submit
 from protocol import stats
@@ -161,7 +161,8 @@ def _data_chat(args):
 
 
 def _chat_tune(args):
-    config = ChatTuneConfig(**{f.name: getattr(args, f.name) for f in fields(ChatTuneConfig)})
+    given = {f.name: getattr(args, f.name) for f in fields(ChatTuneConfig) if getattr(args, f.name) is not None}
+    config = replace(default_config(args.device), **given)
     child = chat_tune(find_run(args.run, args.runs_dir), data_dir=args.data_dir, device=args.device, config=config)
     print(f"chat model written to {child}")
 
@@ -266,9 +267,11 @@ def add_commands(sub) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="train.jsonl + val.jsonl")
     p.add_argument("--device", default="cpu")
+    cpu, gpu = default_config("cpu"), ChatTuneConfig()
     for f in fields(ChatTuneConfig):
+        on_cpu, on_gpu = (v if (v := getattr(c, f.name)) is not None else "the model's" for c in (cpu, gpu))
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else int,
-                       default=f.default)  # fmt: skip
+                       default=None, help=f"default {on_cpu} on a CPU, {on_gpu} on a GPU")  # fmt: skip
     p.set_defaults(func=_chat_tune)
 
     p = sub.add_parser("submit", help="upload run bundles to a leaderboard server")
