@@ -20,10 +20,11 @@
 
 import json
 import sys
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from baseline import config as train_config
+from baseline.checkpoint import latest_checkpoint, read_meta
 from baseline.dataset import download_shards
 from baseline.device import destroy_runtime, init_runtime
 from baseline.tokenizer import train_from_shards
@@ -35,7 +36,9 @@ from harness.calibrate import calibrate
 from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, default_config, fetch_chat_data
 from harness.runner import resume, run
 from harness.submit import submit
+from harness.trackers import TRACKERS, EventTee, open_tracker, require
 from protocol import stats
+from protocol.events import drop_from_step
 from protocol.record import EXIT_DIVERGED, find_run, read_record
 from protocol.tracks import format_tracks, list_tracks, load_track
 from submissions.scaffold import scaffold
@@ -57,11 +60,16 @@ def _tokenizer_train(args):
 
 def _train(args):
     config = train_config.from_args(args)
+    if args.log_to:
+        require(args.log_to)
     runtime = init_runtime(args.device, seed=config.seed)
+    tracker, result = None, None
     try:
         val_bpb = val_bpb_evaluator(
             args.tokenizer, args.data_dir, config.device_batch_size, config.max_seq_len, config.eval_tokens, runtime
         )
+        if args.log_to and runtime.is_master:
+            tracker = open_tracker(args.log_to, name=args.out.name, config=asdict(config), directory=args.out)
         result = train(
             config,
             runtime,
@@ -71,6 +79,7 @@ def _train(args):
             resume=args.resume,
             stop_after_step=args.max_steps,
             val_bpb_fn=val_bpb,
+            events_stream=_tee(args.out, args.resume, tracker) if tracker else None,
         )
         if runtime.is_master:
             print(
@@ -78,9 +87,22 @@ def _train(args):
                 f"val bpb {result.val_bpb}, {result.tokens_per_s:,.0f} tok/s"
             )
     finally:
+        if tracker is not None:
+            summary = {"status": "failed"} if result is None else {
+                k: getattr(result, k) for k in ("status", "step", "train_time_s", "val_bpb", "tokens_per_s", "mfu")
+            }  # fmt: skip
+            tracker.finish(summary)
         destroy_runtime()
     if result.status == "diverged":
         sys.exit(EXIT_DIVERGED)
+
+
+def _tee(out_dir: Path, resume: bool, tracker) -> EventTee:
+    """events.jsonl as the trainer keeps it (a resume first drops the steps it will run again), teed to the tracker."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (ckpt := latest_checkpoint(out_dir / "checkpoints")) is not None:
+        drop_from_step(out_dir / "events.jsonl", read_meta(ckpt)["step"])
+    return EventTee(out_dir / "events.jsonl", tracker)
 
 
 def _eval(args):
@@ -109,6 +131,7 @@ def _run(args):
         rdzv=args.rdzv_endpoint,
         max_steps=args.max_steps,
         unofficial=args.unofficial,
+        log_to=args.log_to,
     )
     if len(run_dirs) > 1:
         _print_stats(run_dirs, csv=None, json_out=args.runs_dir / f"stats-{run_dirs[0].name}.json")
@@ -180,6 +203,11 @@ def _add_seed_arguments(p):
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead")
 
 
+def _add_log_to(p):
+    p.add_argument("--log-to", choices=TRACKERS, default=None,
+                   help="also log the step events to an experiment tracker (offline without an account)")  # fmt: skip
+
+
 def add_commands(sub) -> None:
     """Mount the runner side's subcommands on `speedrun`'s subparsers."""
     p = sub.add_parser("config", help="print every hyperparameter derived from --depth")
@@ -218,6 +246,7 @@ def add_commands(sub) -> None:
     p.add_argument("--device", choices=["cuda", "cpu", "mps"], default=None, help="default: autodetect")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step (schedule unchanged)")
+    _add_log_to(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("tracks", help="list the tracks with their targets and hardware")
@@ -235,6 +264,7 @@ def add_commands(sub) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--max-steps", type=int, default=None, help="quick smoke run (the record is unofficial)")
     p.add_argument("--unofficial", action="store_true", help="run on hardware/data that do not match the track")
+    _add_log_to(p)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("resume", help="continue a run from its last checkpoint, timer continuing")
