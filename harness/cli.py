@@ -11,6 +11,7 @@
     speedrun run baseline --track cpu-books --seeds 3           # a full run: data, train, eval, record
     speedrun resume RUN_ID                                      # continue a killed/preempted run
     speedrun stats RUN...                                       # mean ± std and the record p-value
+    speedrun compare baseline my_idea                           # two campaigns: difference, Welch's t-test
     speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
     speedrun chat-tune RUN_ID                                   # supervised fine-tune into a chat model
     speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
@@ -39,7 +40,7 @@ from harness.submit import submit
 from harness.trackers import TRACKERS, EventTee, open_tracker, require
 from protocol import stats
 from protocol.events import drop_from_step
-from protocol.record import EXIT_DIVERGED, find_run, read_record
+from protocol.record import CAMPAIGNS_DIR, EXIT_DIVERGED, Campaign, find_campaign, find_run, read_campaign, read_record
 from protocol.tracks import format_tracks, list_tracks, load_track
 from submissions.scaffold import scaffold
 
@@ -165,6 +166,36 @@ def _stats(args):
     _print_stats([find_run(r, args.runs_dir) for r in args.runs], csv=args.csv, json_out=args.json)
 
 
+def _campaign(name: str, runs_dir: Path, track: str | None) -> tuple[Campaign, Path]:
+    """(campaign, its runs directory) from a campaign id or file, or a submission's newest campaign (on --track)."""
+    path = find_campaign(name, runs_dir)
+    if path is not None:
+        return read_campaign(path), path.parent.parent
+    found = [read_campaign(p) for p in (runs_dir / CAMPAIGNS_DIR).glob("*.json")]
+    found = [c for c in found if c.submission.name == name and (track is None or c.track.name == track)]
+    if not found:
+        raise ValueError(
+            f"no campaign {name!r} and no campaign of a submission {name!r} under {runs_dir / CAMPAIGNS_DIR}: "
+            "pass a campaign id (`speedrun run` prints it) or the name of a submission you ran"
+        )
+    return max(found, key=lambda c: c.created), runs_dir
+
+
+def _compare(args):
+    sides = [_campaign(name, args.runs_dir, args.track) for name in (args.a, args.b)]
+    records = [[read_record(runs_dir / run_id) for run_id in c.run_ids] for c, runs_dir in sides]
+    tracks = sorted({c.track.name for c, _ in sides})
+    if len(tracks) != 1:
+        raise ValueError(f"the campaigns are of tracks {' and '.join(tracks)}: compare runs of one track")
+    track = sides[0][0].track
+    names = tuple(c.submission.name for c, _ in sides)
+    if names[0] == names[1]:
+        names = tuple(c.campaign_id for c, _ in sides)
+    tables = [stats.runs_table(r) for r in records]
+    comparison = stats.compare(*tables, metric=track.metric, higher_is_better=track.higher_is_better)
+    print(stats.format_comparison(comparison, names))
+
+
 def _calibrate(args):
     result = calibrate(load_track(args.track), _seeds(args), args.runs_dir, args.data_dir)
     print(
@@ -278,6 +309,13 @@ def add_commands(sub) -> None:
     p.add_argument("--csv", type=Path, default=None, help="write the per-run table here")
     p.add_argument("--json", type=Path, default=None, help="write the summary here")
     p.set_defaults(func=_stats)
+
+    p = sub.add_parser("compare", help="two campaigns side by side: mean ± std, difference, Welch's t-test")
+    p.add_argument("a", help="the reference: a campaign id, or a submission (its newest campaign), e.g. baseline")
+    p.add_argument("b", help="the one compared with it, e.g. my_idea")
+    p.add_argument("--track", default=None, help="with submission names: their campaigns on this track")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.set_defaults(func=_compare)
 
     track = sub.add_parser("track", help="track tools").add_subparsers(dest="track_command", required=True)
     p = track.add_parser("calibrate", help="run the baseline over seeds and set the track's target")

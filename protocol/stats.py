@@ -1,9 +1,11 @@
-"""Statistics over runs: a table of run records, mean ± std, and the significance test for a record.
+"""Statistics over runs: a table of run records, mean ± std, the significance test for a record, and
+the comparison of two sets of runs (a variant against the baseline).
 
     from protocol import stats
     df = stats.runs_table([read_record(d) for d in run_dirs])
     s = stats.summarize(df, metric="core", target=0.256525, higher_is_better=True)
     print(stats.format_summary(s)); stats.to_csv(df, "runs.csv"); stats.to_json(s, "summary.json")
+    c = stats.compare(baseline_df, variant_df, metric="val_bpb", higher_is_better=False)   # Welch's t-test
 
 The rule (style habit 7): a result beats the target only if a one-sided one-sample t-test over its
 seeds rejects "the mean metric does not beat the target" at p < RECORD_P_VALUE. H1 is mean > target
@@ -87,22 +89,15 @@ def _stat(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def summarize(
-    runs: Iterable[Mapping] | pd.DataFrame,
-    *,
-    metric: str,
-    target: float,
-    higher_is_better: bool,
-    time_key: str = "train_time_s",
-) -> dict:
-    """n, mean ± std (ddof=1), min/max of time and metric, and the one-sided t-test against the target.
-
-    See the module docstring for which runs are excluded and how n < 2 and zero variance are decided.
-    """
+def _frame(runs: Iterable[Mapping] | pd.DataFrame, metric: str) -> pd.DataFrame:
     df = runs if isinstance(runs, pd.DataFrame) else pd.DataFrame(list(runs))
     if metric not in df:
         raise KeyError(f"no column {metric!r} in the runs: have {', '.join(map(str, df.columns))}")
-    values = pd.to_numeric(df[metric], errors="coerce").astype(float)
+    return df
+
+
+def _counted(df: pd.DataFrame, values: pd.Series) -> tuple[list, list[dict], int]:
+    """(rows that count, the excluded rows with their reason, how many of those are misses): the module's rule."""
     status = df["status"] if "status" in df else pd.Series([None] * len(df), index=df.index)
     run_ids = df["run_id"] if "run_id" in df else pd.Series(df.index, index=df.index)
     seeds = df["seed"] if "seed" in df else pd.Series([math.nan] * len(df), index=df.index)
@@ -122,7 +117,24 @@ def summarize(
                 seen_seeds.add(seed)
             continue
         excluded.append({"run_id": None if pd.isna(run_ids[i]) else str(run_ids[i]), "reason": reason})
+    return keep, excluded, missed
 
+
+def summarize(
+    runs: Iterable[Mapping] | pd.DataFrame,
+    *,
+    metric: str,
+    target: float,
+    higher_is_better: bool,
+    time_key: str = "train_time_s",
+) -> dict:
+    """n, mean ± std (ddof=1), min/max of time and metric, and the one-sided t-test against the target.
+
+    See the module docstring for which runs are excluded and how n < 2 and zero variance are decided.
+    """
+    df = _frame(runs, metric)
+    values = pd.to_numeric(df[metric], errors="coerce").astype(float)
+    keep, excluded, missed = _counted(df, values)
     x = values[keep].to_numpy()
     n = len(x)
     alternative = "greater" if higher_is_better else "less"
@@ -178,6 +190,78 @@ def _time_stats(df: pd.DataFrame, keep: list, time_key: str) -> dict:
         "time_min_s": _stat(t.min()) if len(t) else None,
         "time_max_s": _stat(t.max()) if len(t) else None,
     }
+
+
+# ------------------------------------------------------------------ two sets of runs
+
+
+def compare(
+    a: Iterable[Mapping] | pd.DataFrame,
+    b: Iterable[Mapping] | pd.DataFrame,
+    *,
+    metric: str,
+    higher_is_better: bool,
+    time_key: str = "train_time_s",
+) -> dict:
+    """Set b against set a (a variant against the baseline): for the time and the metric, each side's n and
+    mean ± std, the difference of the means (b - a) and the two-sided Welch t-test's p.
+
+    Each side counts its runs by the module's rule (a miss is left out and counted in `n_missed`). p is
+    None, with `p_value_reason`, when a side has fewer than 2 values or neither side varies.
+    """
+    sides, missed = [], []
+    for runs in (a, b):
+        df = _frame(runs, metric)
+        keep, _excluded, n_missed = _counted(df, pd.to_numeric(df[metric], errors="coerce").astype(float))
+        sides.append(df.loc[keep])
+        missed.append(n_missed)
+    out = {"metric": metric, "higher_is_better": bool(higher_is_better), "time_key": time_key, "n_missed": missed}
+    for column, lower_is_better in ((time_key, True), (metric, not higher_is_better)):
+        xs = [
+            pd.to_numeric(df[column], errors="coerce").astype(float).dropna().to_numpy()
+            if column in df
+            else np.array([])
+            for df in sides
+        ]
+        row = {
+            "n": [len(x) for x in xs],
+            "mean": [_stat(x.mean()) if len(x) else None for x in xs],
+            "std": [_stat(x.std(ddof=1)) if len(x) >= 2 else None for x in xs],
+            "lower_is_better": lower_is_better,
+            "diff": None,
+            "p_value": None,
+            "p_value_reason": None,
+        }
+        if all(len(x) for x in xs):
+            row["diff"] = _stat(xs[1].mean() - xs[0].mean())
+        if min(row["n"]) < 2:
+            row["p_value_reason"] = "a side has fewer than 2 runs"
+        elif all(np.all(x == x[0]) for x in xs):
+            row["p_value_reason"] = "neither side varies"
+        else:
+            row["p_value"] = _stat(sps.ttest_ind(xs[1], xs[0], equal_var=False).pvalue)
+        out[column] = row
+    return out
+
+
+def format_comparison(c: Mapping, names: tuple[str, str]) -> str:
+    """A few plain-text lines: each side's mean ± std, the difference, which way it goes, Welch's p."""
+    lines = [f"{names[1]} against {names[0]}:"]
+    for column, unit, digits in ((c["time_key"], " s", 1), (c["metric"], "", 4)):
+        row = c[column]
+        per_side = zip(row["mean"], row["std"], row["n"], strict=True)
+        sides = [f"{_pm(m, sd, unit, digits)} (n={n})" for m, sd, n in per_side]
+        line = f"  {column:<14} {sides[0]}  ->  {sides[1]}"
+        if row["diff"] is not None:
+            better = (row["diff"] < 0) == row["lower_is_better"]
+            word = ("faster" if better else "slower") if column == c["time_key"] else ("better" if better else "worse")
+            line += f"  {row['diff']:+.{digits}f}{unit} ({word if row['diff'] else 'equal'})"
+        p = row["p_value"]
+        line += f", Welch p = {p:.3g}" if p is not None else f", p n/a ({row['p_value_reason']})"
+        lines.append(line)
+    if any(c["n_missed"]):
+        lines.append(f"  misses (failed, killed, diverged or never ran): {c['n_missed'][0]} and {c['n_missed'][1]}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ export and display

@@ -204,3 +204,42 @@ def test_format_summary_shows_mean_std_and_verdict():
     assert f"{s['metric_mean']:.4f} ± {s['metric_std']:.4f}" in text and "102.0 ± 1.6 s" in text
     assert "H1: mean core > 0.256525" in text and f"p = {s['p_value']:.3g}" in text
     assert ("meets the record rule" in text) == s["meets_record"]
+
+
+# ------------------------------------------------------------------ two sets of runs
+
+
+def _welch_p(a, b):
+    """Welch's t and Welch–Satterthwaite degrees of freedom by hand; the two-sided p from the Student-t CDF."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(b) - np.mean(a)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return 2 * special.stdtr(df, -abs(t))
+
+
+def test_compare_gives_the_difference_and_welchs_p_by_hand():
+    base_bpb, variant_bpb = [2.40, 2.30, 2.29], [2.25, 2.27, 2.22, 2.26]
+    base_t, variant_t = [101.0, 111.0, 137.0], [95.0, 99.0, 97.0, 96.0]
+    c = stats.compare(_runs("val_bpb", base_bpb, base_t), _runs("val_bpb", variant_bpb, variant_t),
+                      metric="val_bpb", higher_is_better=False)  # fmt: skip
+    for column, a, b in (("train_time_s", base_t, variant_t), ("val_bpb", base_bpb, variant_bpb)):
+        row = c[column]
+        assert row["n"] == [len(a), len(b)] and row["mean"] == pytest.approx([np.mean(a), np.mean(b)])
+        assert row["diff"] == pytest.approx(np.mean(b) - np.mean(a))
+        assert row["p_value"] == pytest.approx(_welch_p(a, b), rel=1e-9)
+        assert row["lower_is_better"] is True
+    text = stats.format_comparison(c, ("baseline", "my_idea"))
+    assert text.splitlines()[0] == "my_idea against baseline:"
+    assert "faster" in text and "better" in text and "Welch p = " in text
+
+
+def test_compare_counts_misses_and_has_no_p_below_two_runs_or_without_variance():
+    a = [*_runs("val_bpb", [2.3, 2.4]), {"run_id": "x", "status": "failed", "train_time_s": None, "val_bpb": None}]
+    b = _runs("val_bpb", [2.2])
+    c = stats.compare(a, b, metric="val_bpb", higher_is_better=False)
+    assert c["n_missed"] == [1, 0] and c["val_bpb"]["n"] == [2, 1]
+    assert c["val_bpb"]["p_value"] is None and c["val_bpb"]["p_value_reason"] == "a side has fewer than 2 runs"
+    same = stats.compare(_runs("core", [0.2, 0.2]), _runs("core", [0.3, 0.3]), metric="core", higher_is_better=True)
+    assert same["core"]["p_value"] is None and same["core"]["p_value_reason"] == "neither side varies"
+    assert same["core"]["lower_is_better"] is False and "better" in stats.format_comparison(same, ("a", "b"))
+    assert "misses" in stats.format_comparison(c, ("a", "b"))
