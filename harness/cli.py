@@ -15,6 +15,7 @@
     speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
     speedrun chat-tune RUN_ID                                   # supervised fine-tune into a chat model
     speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
+    speedrun board runs/RUN...                                  # a local board: serve, submit, verify, chat
 
 `train` runs the same under `torchrun --nproc_per_node=N -m speedrun train ...`.
 """
@@ -35,6 +36,7 @@ from eval.run import add_arguments as add_eval_arguments
 from eval.run import main as eval_main
 from harness.calibrate import calibrate
 from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, default_config, fetch_chat_data
+from harness.local_board import board
 from harness.runner import resume, run
 from harness.submit import submit
 from harness.trackers import TRACKERS, EventTee, open_tracker, require
@@ -228,6 +230,12 @@ def _submit(args):
         print(json.dumps(r))
 
 
+def _board(args):
+    if not board([find_run(r, args.runs_dir) for r in args.runs], track_arg=args.track, data_dir=args.data_dir,
+                 port=args.port, serve=not args.no_serve):  # fmt: skip
+        sys.exit("speedrun: a run was not verified or the chat did not answer: see the lines above")
+
+
 def _add_seed_arguments(p):
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (runs)")
     p.add_argument("--first-seed", type=int, default=42, help="seeds are first-seed, first-seed+1, ...")
@@ -350,6 +358,15 @@ def add_commands(sub) -> None:
     p.add_argument("--link", default="", help="a link to the submission's code or write-up")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser("board", help="put runs on a leaderboard on this machine (verified) and chat with the top model")
+    p.add_argument("runs", nargs="+", help="run ids or run directories (one track)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--track", default=None, help="the runs' track, a name or a .toml file (default: their record's)")
+    p.add_argument("--data-dir", type=Path, default=None, help="the track's shards, for the verifier")
+    p.add_argument("--port", type=int, default=8000, help="the board listens on 127.0.0.1 only")
+    p.add_argument("--no-serve", action="store_true", help="stop the server at the end (scripts, CI)")
+    p.set_defaults(func=_board)
 
     p = sub.add_parser("eval", help="CORE and bits per byte of a checkpoint")
     add_eval_arguments(p)
