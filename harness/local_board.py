@@ -140,13 +140,16 @@ def ask(board: LocalBoard, token: str, question: str = QUESTION) -> dict | None:
             "max_tokens": 48, "temperature": 0.7}  # fmt: skip
     print(f"\nyou:   {question}\nmodel: ", end="", flush=True)
     with requests.post(f"{board.url}/v1/chat/completions", json=body, stream=True, timeout=120) as response:
-        response.raise_for_status()
+        if response.status_code != 200:
+            print(f"\nchat: the model did not answer ({response.status_code}: {response.text[:300]})")
+            return None
         for line in response.iter_lines(decode_unicode=True):
-            if not line or not line.startswith("data: ") or line == "data: [DONE]":
+            if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line.removeprefix("data: "))
             if "error" in chunk:
-                print(f"[error: {chunk['error']['message']}]", end="")
+                print(f"\nchat: the model stopped: {chunk['error']['message']}")
+                return None
             for choice in chunk.get("choices", []):
                 print(choice["delta"].get("content", ""), end="", flush=True)
     print("\n")

@@ -22,6 +22,7 @@ CHAT_STEPS=()
 BOARD_ARGS=()
 RUNS_DIR=${RUNS_DIR:-runs}
 TRACK=${TRACK:-cpu-books}
+export PYTHONUNBUFFERED=1  # every progress line shows as it happens, through a pipe (| tee) too
 while (($#)); do
   case $1 in
     --seeds) SEEDS=$2; shift 2 ;;
