@@ -30,7 +30,7 @@ import requests
 from harness.submit import submit
 from protocol.paths import track_data_dir
 from protocol.record import RunRecord, read_record, read_spec
-from protocol.tracks import load_track
+from protocol.tracks import BUILTIN_DIR, load_track
 
 REPO = Path(__file__).resolve().parents[1]
 BOARD_DIR = "board"  # under the runs directory
@@ -169,10 +169,13 @@ def board(
     names = {r.track.name for r in records}
     if len(names) != 1:
         raise ValueError(f"the runs are of several tracks ({', '.join(sorted(names))}): put one track's runs up")
-    track_arg = track_arg or records[0].track.name
+    name = records[0].track.name
+    if track_arg is None and not (BUILTIN_DIR / f"{name}.toml").is_file():
+        raise ValueError(f"the runs are of track {name}, not a built-in one: pass --track with its .toml file")
+    track_arg = track_arg or name
     track = load_track(track_arg)
-    if track.name != records[0].track.name:
-        raise ValueError(f"--track {track_arg} is track {track.name}, the runs are of {records[0].track.name}")
+    if track.name != name:
+        raise ValueError(f"--track {track_arg} is track {track.name}, the runs are of {name}: pass their track")
     tokenizer_dir = run_dirs[0] / read_spec(run_dirs[0]).tokenizer_dir
     runs_dir = run_dirs[0].parent
     env = board_env(runs_dir, track, track_arg, track_data_dir(track, data_dir), tokenizer_dir)
@@ -199,7 +202,7 @@ def board(
             local.server.wait()
         else:
             again = ["speedrun", "board", *map(str, run_dirs)]
-            again += ["--track", track_arg] if track_arg != records[0].track.name else []
+            again += ["--track", track_arg] if track_arg != name else []
             again += ["--data-dir", str(data_dir)] if data_dir else []
             again += ["--port", str(port)] if port != 8000 else []
             print(f"--no-serve: the server stops; `{shlex.join(again)}` serves the board again")
