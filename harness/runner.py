@@ -295,7 +295,11 @@ def _open_tracker(log_to: str | None, run_dir: Path, record: RunRecord) -> Track
     config = {**record.config, "track": record.track.name, "submission": record.submission.name,
               "seed": record.seed, "official": record.official}  # fmt: skip
     group = f"{record.track.name}-{record.submission.name}"  # the runs a tracker shows side by side
-    return open_tracker(log_to, name=record.run_id, config=config, directory=run_dir, group=group)
+    try:
+        return open_tracker(log_to, name=record.run_id, config=config, directory=run_dir, group=group)
+    except Exception as e:  # noqa: BLE001 -- a tracker that cannot start must not cost the run: it runs untracked
+        print(f"speedrun: warning: {log_to} could not start ({type(e).__name__}: {e}); the run goes on without it")
+        return None
 
 
 def _tracker_summary(record: RunRecord) -> dict:

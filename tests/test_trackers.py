@@ -18,7 +18,7 @@ from harness.trackers import STEP_FIELDS, Tracker, require
 from protocol.events import CheckpointEvent, StepEvent, read_events
 from protocol.record import read_record
 from protocol.tracks import load_track
-from tests.conftest import GOLDEN, PRETRAIN, REPO
+from tests.conftest import GOLDEN, PRETRAIN, REPO, minimal_record
 from tests.test_harness import cache, write_track  # noqa: F401 -- the tokenizer cache fixture
 
 TINY_TRAIN = ["--depth", 1, "--aspect-ratio", 128, "--head-dim", 64, "--max-seq-len", 128, "--num-iterations", 6,
@@ -136,3 +136,13 @@ def test_an_unknown_or_missing_tracker_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "trackio", None)  # as if not installed
     with pytest.raises(ValueError, match=r"--log-to trackio needs the trackio package: pip install -e '\.\[trackio\]'"):
         require("trackio")
+
+
+def test_a_tracker_that_cannot_start_leaves_the_run_untracked(tmp_path, monkeypatch, capsys):
+    def refuse(*_args, **_kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(runner, "open_tracker", refuse)
+    record = minimal_record("r1", config={"depth": 1})
+    assert runner._open_tracker("wandb", tmp_path, record) is None
+    assert "wandb could not start (ConnectionError: no network); the run goes on without it" in capsys.readouterr().out
