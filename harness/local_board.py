@@ -182,7 +182,8 @@ def board(
     url = f"http://127.0.0.1:{port}"
     local = LocalBoard(url=url, env=env, log_path=runs_dir / BOARD_DIR / "serve.log")
     ok = False
-    old_term = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server as Ctrl-C does
+    # Ctrl-C and `kill` stop the server, also when started in the background (where SIGINT comes ignored).
+    old_handlers = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"board: starting the server on {url} (database and uploads in {runs_dir / BOARD_DIR})")
         start(local, port)
@@ -209,8 +210,9 @@ def board(
     except KeyboardInterrupt:
         print("\nboard: stopping the server")
     finally:
-        signal.signal(signal.SIGTERM, old_term)
         stop(local)
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
     return ok
 
 
