@@ -131,7 +131,7 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
     deadline = time.monotonic() + 240
     run_dir = None
     while time.monotonic() < deadline:  # wait for the first checkpoint (step 4) and a step beyond it
-        run_dirs = list(runs.glob("*")) if runs.is_dir() else []
+        run_dirs = [p.parent for p in runs.glob("*/run.json")]  # not runs/campaigns
         if run_dirs and (run_dirs[0] / "checkpoints" / "step_000004").is_dir():
             events = (run_dirs[0] / "events.jsonl").read_text().splitlines()
             if len(events) >= 6:
@@ -168,7 +168,7 @@ def test_sigterm_leaves_a_killed_record_and_resume_finishes_like_an_uninterrupte
 def wait_for_steps(runs: Path, n: int, proc) -> Path:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        run_dirs = list(runs.glob("*")) if runs.is_dir() else []
+        run_dirs = [p.parent for p in runs.glob("*/run.json")]  # not runs/campaigns
         events = run_dirs[0] / "events.jsonl" if run_dirs else None
         if events and events.is_file() and len(events.read_text().splitlines()) >= n:
             return run_dirs[0]

@@ -62,10 +62,11 @@ def wandb_history(run_dir: Path) -> tuple[dict[int, dict], dict, dict]:
 
 
 def test_a_run_logs_every_step_event_of_its_record_to_wandb_offline(tmp_path, monkeypatch):
-    pytest.importorskip("wandb", reason="pip install -e '.[wandb]'")
+    wandb = pytest.importorskip("wandb", reason="pip install -e '.[wandb]'")
     monkeypatch.setenv("WANDB_MODE", "offline")
     track = load_track(write_track(tmp_path))
     [run_dir] = runner.run(track, "baseline", seeds=[5], runs_dir=tmp_path / "runs", log_to="wandb")
+    wandb.teardown()  # wandb's service buffers the run file until it stops (as it does when `speedrun run` exits)
     record = read_record(run_dir)
     assert record.status == "completed" and record.official, record.unofficial_reasons  # logging costs no record
     steps = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, StepEvent)]
