@@ -63,7 +63,7 @@ def main(argv=None) -> list[tuple]:
             cmd += ["--side-by-side", "--nanochat-git", str(args.nanochat_git)]
             result, status = _stage(f"d{depth}", cmd, out, LIMIT_S["side_by_side"])
             if result:
-                ours, ref = result["ours"], result["reference"]
+                ours, ref = result["pairs"][0]["ours"], result["pairs"][0]["reference"]
                 rows.append((f"train d{depth} tok/s", f"{ours['tokens_per_s']:,.0f}", f"{ref['tokens_per_s']:,.0f}",
                              f"{ours['tokens_per_s'] / ref['tokens_per_s']:.3f}", status))  # fmt: skip
                 rows.append((f"train d{depth} MFU %", f"{ours['mfu']:.1f}", f"{ref['mfu']:.1f}", "", ""))

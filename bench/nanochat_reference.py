@@ -2,6 +2,7 @@
 
     python -m bench.nanochat_reference [--steps 25] [--no-compile] [--json OUT]
     python -m bench.nanochat_reference --side-by-side [--json OUT]    # ours, then nanochat, then a table
+    python -m bench.nanochat_reference --side-by-side --pairs 3 --cache cold   # the parity measurement
 
 nanochat is never copied into this repo: it runs from a work tree outside it (--nanochat, default
 $SPEEDRUN_CACHE/nanochat-<commit>), which this script extracts with `git archive` from a nanochat git
@@ -15,6 +16,14 @@ same torch as ours. Two shims, both in the child only: `wandb` (imported uncondi
 --run=dummy) is stubbed so it need not be installed, and --no-compile replaces torch.compile with the
 identity (nanochat always compiles, model and optimizer kernels). The per-step log lines
 (`step ... | dt: ...ms | ... | bf16_mfu: ...`) give the same numbers as bench/train_throughput.py.
+
+Compile caches: each side gets its own TorchInductor/Triton cache directory. Sharing one would let the
+second side reuse the first side's compiled graphs (the two models trace to near-identical graphs), so a
+"cold" second side would really be warm: that order effect, not the trainer, made an earlier cold
+comparison show our first step 1.8x nanochat's. `--cache cold` gives each side a fresh empty directory
+per run; `--cache warm` primes each side's own directory with one unmeasured run first. `--pairs N`
+repeats the pair N times, alternating which side goes first (so drift in the machine's load does not
+favour one side), and prints each pair's ratios and their medians.
 """
 
 import argparse
@@ -22,6 +31,7 @@ import json
 import os
 import pickle
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,6 +133,11 @@ def base_train_flags(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def compile_cache_env(directory: Path) -> dict:
+    """Environment that points torch.compile's on-disk caches (Inductor's FX graph cache, Triton) at `directory`."""
+    return {"TORCHINDUCTOR_CACHE_DIR": str(directory / "inductor"), "TRITON_CACHE_DIR": str(directory / "triton")}
+
+
 def run_streaming(cmd: list[str], **kw) -> list[str]:
     """Run cmd, echo its output as it comes, return the lines; fail loudly on a non-zero exit."""
     lines = []
@@ -135,7 +150,7 @@ def run_streaming(cmd: list[str], **kw) -> list[str]:
     return lines
 
 
-def measure_reference(args: argparse.Namespace) -> dict:
+def measure_reference(args: argparse.Namespace, extra_env: dict | None = None) -> dict:
     commit = ensure_nanochat(args.nanochat, args.nanochat_git, args.nanochat_commit)
     tok_dir = ensure_tokenizer(args.data_dir, args.cache_dir, args.vocab_size, args.tokenizer_max_chars)
     with tempfile.TemporaryDirectory(prefix="bench-nanochat-") as base:
@@ -143,7 +158,7 @@ def measure_reference(args: argparse.Namespace) -> dict:
         (base / "base_data_climbmix").symlink_to(args.data_dir.resolve(), target_is_directory=True)
         vocab = write_nanochat_tokenizer(tok_dir, base / "tokenizer")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of ours on its path
-        env.update(NANOCHAT_BASE_DIR=str(base), PYTHONUNBUFFERED="1")
+        env.update(NANOCHAT_BASE_DIR=str(base), PYTHONUNBUFFERED="1", **(extra_env or {}))
         cmd = [sys.executable, "-c", RUNNER, "1" if args.compile else "0", *base_train_flags(args)]
         print(f"nanochat {commit[:12]}: python -m scripts.base_train {' '.join(cmd[4:])}", flush=True)
         start = time.perf_counter()
@@ -176,7 +191,7 @@ def measure_reference(args: argparse.Namespace) -> dict:
     )
 
 
-def measure_ours_in_child(args: argparse.Namespace) -> dict:
+def measure_ours_in_child(args: argparse.Namespace, extra_env: dict | None = None) -> dict:
     """bench/train_throughput.py on the same config in its own process, so each side's peak RSS is its own."""
     flags = [
         *(f"--{name.replace('_', '-')}={getattr(args, name)}" for name in SHARED_VALUE_FLAGS),
@@ -184,7 +199,8 @@ def measure_ours_in_child(args: argparse.Namespace) -> dict:
     ]
     with tempfile.TemporaryDirectory(prefix="bench-ours-json-") as tmp:
         out = Path(tmp) / "ours.json"
-        run_streaming([sys.executable, "-m", "bench.train_throughput", *flags, f"--json={out}"], cwd=REPO_ROOT)
+        cmd = [sys.executable, "-m", "bench.train_throughput", *flags, f"--json={out}"]
+        run_streaming(cmd, cwd=REPO_ROOT, env={**os.environ, **(extra_env or {})})
         return json.loads(out.read_text())
 
 
@@ -213,6 +229,41 @@ def side_by_side_table(ours: dict, ref: dict) -> str:
     return "\n".join(lines)
 
 
+PAIR_RATIOS = (  # (label, key): ours / nanochat per pair, then the median over pairs
+    ("tokens/s (median)", "tokens_per_s"),
+    ("first step s", "first_step_s"),
+    ("warm-up s (0..10)", "warmup_s"),
+    ("peak RSS GiB", "peak_rss_gib"),
+)
+
+
+def measure_pair(args: argparse.Namespace, index: int, cache_root_dir: Path) -> dict:
+    """One pair, each side with its own compile cache (fresh for cold, primed once for warm); odd pairs run
+    nanochat first."""
+    sides = {"ours": measure_ours_in_child, "reference": measure_reference}
+    order = ["ours", "reference"] if index % 2 == 0 else ["reference", "ours"]
+    out = {"order": order, "cache": args.cache}
+    for side in order:
+        directory = cache_root_dir / (f"{side}-{index}" if args.cache == "cold" else side)
+        env = compile_cache_env(directory)
+        if args.cache == "warm" and not directory.exists():
+            print(f"== priming {side}'s compile cache (not measured)", flush=True)
+            sides[side](args, env)
+        print(f"== pair {index + 1}: {side} ({args.cache} compile cache)", flush=True)
+        out[side] = sides[side](args, env)
+    return out
+
+
+def pairs_table(pairs: list[dict]) -> str:
+    """Each pair's ours/nanochat ratios and their medians."""
+    head = f"{'ours / nanochat':20}" + "".join(f" {'pair ' + str(i + 1):>9}" for i in range(len(pairs)))
+    lines = [f"{pairs[0]['cache']} compile cache, {len(pairs)} pairs", head + f" {'median':>9}"]
+    for label, key in PAIR_RATIOS:
+        ratios = [p["ours"][key] / p["reference"][key] if p["reference"][key] else float("nan") for p in pairs]
+        lines.append(f"{label:20}" + "".join(f" {r:>9.3f}" for r in ratios) + f" {statistics.median(ratios):>9.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(parser)
@@ -221,7 +272,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--nanochat-git", type=Path, default=os.environ.get("NANOCHAT_GIT"), help="git dir to extract it from"
     )
     parser.add_argument("--nanochat-commit", default=DEFAULT_COMMIT)
-    parser.add_argument("--side-by-side", action="store_true", help="run ours first, then nanochat; print both")
+    parser.add_argument("--side-by-side", action="store_true", help="run ours and nanochat; print both")
+    parser.add_argument("--pairs", type=int, default=1, help="--side-by-side: this many pairs, alternating order")
+    parser.add_argument(
+        "--cache", choices=["cold", "warm"], default="cold", help="each side's compile cache: fresh, or primed once"
+    )
     args = parser.parse_args(argv)
     args.nanochat = args.nanochat or cache_root() / f"nanochat-{args.nanochat_commit}"
     if args.nanochat_git is None and not (args.nanochat / COMMIT_FILE).is_file():
@@ -233,12 +288,16 @@ def main(argv: list[str] | None = None) -> dict:
         result = measure_reference(args)
         print(format_report(result))
     else:
-        ours = measure_ours_in_child(args)
-        ref = measure_reference(args)
-        print(format_report(ours))
-        print(format_report(ref))
-        print(side_by_side_table(ours, ref))
-        result = dict(ours=ours, reference=ref, ratio_tokens_per_s=ours["tokens_per_s"] / ref["tokens_per_s"])
+        with tempfile.TemporaryDirectory(prefix="bench-compile-caches-") as caches:
+            pairs = [measure_pair(args, i, Path(caches)) for i in range(args.pairs)]
+        for i, pair in enumerate(pairs):
+            print(f"== pair {i + 1} ({' first, '.join(pair['order'])} second)")
+            print(format_report(pair["ours"]))
+            print(format_report(pair["reference"]))
+            print(side_by_side_table(pair["ours"], pair["reference"]))
+        print(pairs_table(pairs))
+        result = dict(pairs=pairs, ratio_tokens_per_s=statistics.median(
+            p["ours"]["tokens_per_s"] / p["reference"]["tokens_per_s"] for p in pairs))  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result

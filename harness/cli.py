@@ -361,11 +361,20 @@ def _compare(args):
 
 
 def _calibrate(args):
-    result = calibrate(load_track(args.track), _seeds(args), args.runs_dir, args.data_dir)
+    result = calibrate(load_track(args.track), _seeds(args), args.runs_dir, args.data_dir, args.shorter_seeds)
     print(
         f"{args.track}: {result['metric']} mean {result['mean']:.5f} ± {result['std']:.5f} over "
-        f"{len(result['values'])} seeds -> threshold {result['threshold']}"
+        f"{len(result['values'])} seeds -> threshold {result['threshold']} (the baseline meets it at p = "
+        f"{result['p_value']})"
     )
+    if "shorter" in result:
+        s = result["shorter"]
+        loose = s["p_value"] is not None and s["p_value"] < 0.01
+        verdict = "meets it, the target is too loose" if loose else "does not meet it"
+        print(
+            f"  {s['num_iterations']} steps instead: mean {s['mean']} over {len(s['values'])} seeds, p = "
+            f"{s['p_value']} against the threshold: {verdict}"
+        )
 
 
 def _new(args):
@@ -545,6 +554,8 @@ def add_commands(sub) -> None:
     p.set_defaults(seeds=3)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--shorter-seeds", type=int, nargs="*", default=[], help="also run the baseline 10%% shorter on "
+                   "these seeds: the new target must not be met by it")  # fmt: skip
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("new", help="scaffold a submission: every hook present, commented out, and a README")
