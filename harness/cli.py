@@ -310,7 +310,7 @@ def _verdict_json(track, campaign, against) -> dict:
         "verdict": "inconclusive",
     }
     if base is not None:
-        v = verdicts.verdict(base, campaign, kind=track.kind, higher_is_better=track.target.higher_is_better)
+        v = stats.verdict(base, campaign, kind=track.kind, higher_is_better=track.target.higher_is_better)
         out |= {"against": base.label, "comparison": v, "verdict": v["verdict"]}
     return out
 
@@ -353,11 +353,11 @@ def _stats(args):
 def _compare(args):
     a, b = (verdicts.run_set(name, args.runs_dir, args.track) for name in (args.a, args.b))
     track = b.records[0].track
-    v = verdicts.verdict(a, b, kind=track.kind, higher_is_better=track.higher_is_better)
+    v = stats.verdict(a, b, kind=track.kind, higher_is_better=track.higher_is_better)
     if args.json:
         print(json.dumps(v, default=str))
     else:
-        print(verdicts.format_verdict(v, track.metric))
+        print(stats.format_verdict(v, track.metric))
 
 
 def _calibrate(args):

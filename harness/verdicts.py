@@ -1,11 +1,12 @@
-"""Sets of runs and verdicts between them: what `speedrun stats`, `speedrun compare` and `speedrun run --json` say.
+"""Sets of runs to judge: what `speedrun stats`, `speedrun compare` and `speedrun run --json` read.
 
     speedrun stats CAMPAIGN                        # every run the campaign registered, misses included
     speedrun compare baseline-campaign my-campaign # is B better than A? Welch t-test, effect size, verdict
     speedrun run my_idea --track cpu-5min --seeds 5 --json    # one JSON object a research loop can read
 
 A set of runs is named by a campaign (its id under runs/campaigns/, or its file), a run (id or
-directory), or a submission name (its newest campaign). On a time-to-target track the verdict is
+directory), or a submission name (its newest campaign). The verdict between two sets is
+protocol.stats.verdict, the rule the board's compare page uses too: on a time-to-target track it is
 about the timed seconds (both sets must meet the target first: the record rule, no misses); on a
 budget track it is about the metric. The track's own baseline, as calibrated in its file, is the
 default thing to compare with.
@@ -20,11 +21,10 @@ from protocol.tracks import Track
 
 
 @dataclass
-class RunSet:
-    label: str
+class RunSet(stats.RunValues):
+    """A set of runs and its summary; what the verdict reads of it is the stats.RunValues part."""
+
     records: list[RunRecord]  # empty for a track's calibrated baseline, which has values only
-    values: list[float]  # the metric of every counted run
-    times: list[float]  # the timed seconds of every counted run that met the target
     summary: dict
 
 
@@ -57,7 +57,7 @@ def baseline_set(track: Track) -> RunSet:
         [{"value": v} for v in values], metric="value", target=track.target.threshold,
         higher_is_better=track.target.higher_is_better,
     )  # fmt: skip
-    return RunSet(f"{track.name} baseline (calibration)", [], values, times, summary)
+    return RunSet(f"{track.name} baseline (calibration)", values, times, None, records=[], summary=summary)
 
 
 def _newest_campaign_of(submission: str, runs_dir: Path, track_name: str | None) -> Path | None:
@@ -85,27 +85,4 @@ def _summarized(label: str, records: list[RunRecord]) -> RunSet:
     kept = [r for r in records if r.run_id not in counted]
     values = [r.result.value for r in kept]
     times = [r.timing.train_time_s for r in kept if r.timing and r.result.target_met]
-    return RunSet(label, records, values, times, summary)
-
-
-def verdict(a: RunSet, b: RunSet, *, kind: str, higher_is_better: bool) -> dict:
-    """Is B better than A? The metric's comparison always; on a time-to-target track the times decide."""
-    metric = stats.compare(a.values, b.values, lower_is_better=not higher_is_better)
-    out = {"a": a.label, "b": b.label, "metric": metric, "time": None, "verdict": metric["verdict"], "reason": None}
-    if kind == "time_to_target":
-        out["time"] = stats.compare(a.times, b.times, lower_is_better=True)
-        unmet = [s.label for s in (a, b) if s.records and not s.summary["meets_record"]]
-        if unmet:
-            out["verdict"], out["reason"] = "inconclusive", f"{unmet[0]} does not meet the target (p < 0.01, no misses)"
-        else:
-            out["verdict"] = out["time"]["verdict"]
-    return out
-
-
-def format_verdict(v: dict, metric_name: str) -> str:
-    lines = [f"{v['b']} against {v['a']}:"]
-    lines.append(stats.format_comparison(v["metric"], metric_name))
-    if v["time"] is not None:
-        lines.append(stats.format_comparison(v["time"], "timed seconds", " s"))
-    lines.append(f"  verdict: {v['verdict']}" + (f" ({v['reason']})" if v["reason"] else ""))
-    return "\n".join(lines)
+    return RunSet(label, values, times, summary["meets_record"], records=records, summary=summary)

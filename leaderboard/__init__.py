@@ -24,6 +24,7 @@
     isolation.py    the one launcher of that child: rlimits, a wall timeout, niced
     verifier.py     claims pending verifications (leases renewed, attempts capped) and records the verdicts
     ranking.py      standings per (track, submission), the significance test and the record progression
+    compare.py      runs or submissions of one track side by side: curves, bars, protocol.stats.verdict
     pagecache.py    board reads built once and served as bytes with ETags, before routing when fresh
     redact.py       no message carries a server path
     charts.py       inline SVG charts rendered on the server

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlmodel import Session, select
+from starlette.exceptions import HTTPException
 
 from leaderboard import uploads
 from leaderboard.db import is_sqlite, prepare_database
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
     )
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, pages.http_error)  # a browser gets a page's error as a page
     app.state.settings = settings
     app.state.engine = prepare_database(settings)
     sweep_storage(app.state.engine, settings)

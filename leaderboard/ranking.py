@@ -69,8 +69,17 @@ def is_budget(track: TrackRow) -> bool:
     return bool(track.spec) and track_from_dict(track.spec).kind == "budget"
 
 
-def _metric_of(track: TrackRow):
+def metric_of(track: TrackRow):
     return {"val_bpb": lambda v: v.recomputed_val_bpb, "core": lambda v: v.recomputed_core}[track.metric]
+
+
+def stat_rows(verified: list[tuple[Run, Verification]], track: TrackRow) -> list[dict]:
+    """Counted runs as protocol.stats.summarize reads them: the recomputed metric and timed seconds."""
+    value = metric_of(track)
+    return [
+        {"run_id": r.run_id, "status": "completed", track.metric: value(v), "train_time_s": v.recomputed_train_time_s}
+        for r, v in verified
+    ]
 
 
 def _runs(session: Session, track: TrackRow, submission_id: int) -> list[tuple[Run, Verification]]:
@@ -108,16 +117,7 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
     n_registered, n_missed = misses(
         session, track=track, submission=submission, runs={r.run_id: v.status for r, v in rows}
     )
-    metric_of = _metric_of(track)
-    records = [
-        {
-            "run_id": r.run_id,
-            "status": "completed",
-            track.metric: metric_of(v),
-            "train_time_s": v.recomputed_train_time_s,
-        }
-        for r, v in verified
-    ]
+    records = stat_rows(verified, track)
     standing = session.exec(
         select(Standing).where(Standing.track_id == track.id, Standing.submission_id == submission_id)
     ).first() or Standing(track_id=track.id, submission_id=submission_id)
@@ -197,9 +197,9 @@ def _beats(session: Session, track: TrackRow, standing: Standing, current: Recor
     a one-sided Welch t-test at p < RECORD_P_VALUE over the two submissions' counted runs."""
     if not is_budget(track):
         return standing.time_mean_s < current.time_mean_s
-    metric_of = _metric_of(track)
-    holder = [metric_of(v) for _, v in counted(_runs(session, track, current.submission_id), track)]
-    challenger = [metric_of(v) for _, v in counted(_runs(session, track, standing.submission_id), track)]
+    value = metric_of(track)
+    holder = [value(v) for _, v in counted(_runs(session, track, current.submission_id), track)]
+    challenger = [value(v) for _, v in counted(_runs(session, track, standing.submission_id), track)]
     return compare(holder, challenger, lower_is_better=not track.higher_is_better)["verdict"] == "better"
 
 

@@ -1,9 +1,11 @@
-"""Statistics over runs: a table of run records, mean ± std, and the significance test for a record.
+"""Statistics over runs: a table of run records, mean ± std, the significance test for a record, and the verdict
+between two sets of runs.
 
     from protocol import stats
     df = stats.runs_table([read_record(d) for d in run_dirs])
     s = stats.summarize(df, metric="core", target=0.256525, higher_is_better=True)
     print(stats.format_summary(s)); stats.to_csv(df, "runs.csv"); stats.to_json(s, "summary.json")
+    v = stats.verdict(a, b, kind="time_to_target", higher_is_better=True)   # two RunValues: is B better than A?
 
 The rule (style habit 7): a result beats the target only if a one-sided one-sample t-test over its
 seeds rejects "the mean metric does not beat the target" at p < RECORD_P_VALUE. H1 is mean > target
@@ -32,6 +34,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +243,43 @@ def format_comparison(c: Mapping, what: str, unit: str = "") -> str:
         f"  {what}: {c['mean_a']:.4g} -> {c['mean_b']:.4g}{unit} (diff {c['diff']:+.4g}{ci}{g}); "
         f"p(better) = {c['p_better']:.3g}, p(worse) = {c['p_worse']:.3g} ({direction} is better): {c['verdict']}"
     )
+
+
+@dataclass
+class RunValues:
+    """One side of a verdict: what it reads of a set of runs (the runner's campaign, or a submission's counted
+    runs on the board)."""
+
+    label: str
+    values: list[float]  # the metric of every counted run
+    times: list[float]  # the timed seconds of every counted run that met the target
+    meets_target: bool | None  # summarize's record rule over the set; None: values only (a calibrated baseline)
+
+
+def verdict(a: RunValues, b: RunValues, *, kind: str, higher_is_better: bool) -> dict:
+    """Is B better than A? The metric's comparison always; on a time-to-target track the times decide, once both
+    sets meet the target (a set that does not has no time to the target to compare); on a budget track the metric.
+    What `speedrun compare` and the board's compare page both say."""
+    metric = compare(a.values, b.values, lower_is_better=not higher_is_better)
+    out = {"a": a.label, "b": b.label, "metric": metric, "time": None, "verdict": metric["verdict"], "reason": None}
+    if kind == "time_to_target":
+        out["time"] = compare(a.times, b.times, lower_is_better=True)
+        unmet = [s.label for s in (a, b) if s.meets_target is False]
+        if unmet:
+            out["verdict"] = "inconclusive"
+            out["reason"] = f"{unmet[0]} does not meet the target (p < {RECORD_P_VALUE}, no misses)"
+        else:
+            out["verdict"] = out["time"]["verdict"]
+    return out
+
+
+def format_verdict(v: Mapping, metric_name: str) -> str:
+    lines = [f"{v['b']} against {v['a']}:"]
+    lines.append(format_comparison(v["metric"], metric_name))
+    if v["time"] is not None:
+        lines.append(format_comparison(v["time"], "timed seconds", " s"))
+    lines.append(f"  verdict: {v['verdict']}" + (f" ({v['reason']})" if v["reason"] else ""))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ export and display

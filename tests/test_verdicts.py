@@ -8,7 +8,7 @@ import sys
 import pytest
 from scipy import stats as sps
 
-from protocol.stats import compare
+from protocol.stats import RunValues, compare, verdict
 from tests.conftest import REPO
 from tests.test_harness import cache, write_track  # noqa: F401 -- the tokenizer cache fixture
 
@@ -28,6 +28,23 @@ def test_compare_is_welchs_test_with_a_ci_and_an_effect_size():
     assert close["verdict"] == "inconclusive" and close["p_better"] > 0.01 and close["p_worse"] > 0.01
     few = compare(A, B[:1], lower_is_better=True)
     assert few["verdict"] == "inconclusive" and "at least 2" in few["reason"]
+
+
+def test_the_times_decide_a_time_to_target_verdict_once_both_sets_meet_the_target():
+    """The rule `speedrun compare` and the board's compare page share (protocol.stats.verdict)."""
+    slow = RunValues("slow", values=B, times=[310.0, 312.0, 311.0, 309.0, 311.5], meets_target=True)
+    fast = RunValues("fast", values=A, times=[290.0, 291.5, 289.0, 290.5, 292.0], meets_target=True)
+    v = verdict(slow, fast, kind="time_to_target", higher_is_better=False)
+    assert v["verdict"] == "better" and v["metric"]["verdict"] == "worse"  # faster, though its val bpb is worse
+    assert verdict(fast, slow, kind="time_to_target", higher_is_better=False)["verdict"] == "worse"
+    missed = RunValues("missed", fast.values, fast.times, meets_target=False)
+    v = verdict(slow, missed, kind="time_to_target", higher_is_better=False)
+    assert v["verdict"] == "inconclusive" and v["reason"].startswith("missed does not meet the target")
+    calibrated = RunValues("baseline (calibration)", B, slow.times, meets_target=None)  # values only: not judged
+    assert verdict(calibrated, fast, kind="time_to_target", higher_is_better=False)["verdict"] == "better"
+    # On a budget track the metric decides, and the times are not compared.
+    v = verdict(slow, fast, kind="budget", higher_is_better=False)
+    assert v["verdict"] == "worse" and v["time"] is None
 
 
 BUDGET = """
