@@ -43,7 +43,7 @@ GOLDEN_CONFIG = {
     "n_embd": 128,
     "window_pattern": "SSSL",
 }
-PRETRAIN_HASH = "6446119e219fadcb2658af68eb068b8959af2838946c14705a3613f1e655581b"  # = cpu-books' pinned hash
+PRETRAIN_HASH = "6446119e219fadcb2658af68eb068b8959af2838946c14705a3613f1e655581b"  # the five shards' fingerprint
 TRACK = "golden"
 THRESHOLD = 7.0
 

@@ -16,6 +16,7 @@ from protocol.events import read_events
 from protocol.record import read_record
 from protocol.tracks import load_track
 from tests.conftest import PRETRAIN, REPO
+from tests.leaderboard_fixtures import PRETRAIN_HASH
 
 # cpu-books with a model small enough for seconds: the same data (and content hash), a tiny
 # tokenizer, checkpoints every 4 steps so a killed run can resume.
@@ -64,11 +65,10 @@ save_every = 4
 
 
 def write_track(tmp_path: Path, steps: int = 14, content_hash: str | None = None) -> Path:
-    cpu_books = load_track("cpu-books")
     path = tmp_path / "tiny-books.toml"
     path.write_text(
         TINY_TRACK.format(
-            content_hash=cpu_books.dataset.content_hash if content_hash is None else content_hash,
+            content_hash=PRETRAIN_HASH if content_hash is None else content_hash,
             data_dir=PRETRAIN,
             steps=steps,
         )
