@@ -26,6 +26,7 @@ from baseline.config import TrainConfig
 from baseline.device import destroy_runtime, init_runtime
 from baseline.train import TrainResult, train
 from harness.guard import Guard, GuardViolation
+from protocol.hashing import folder_or_file_hash
 from protocol.record import EXIT_DIVERGED, EXIT_INVALID, EXIT_OK, read_spec
 from submissions.contract import SubmissionError, load_submission
 
@@ -52,8 +53,13 @@ def main(run_dir: str) -> int:
         signal.signal(signum, lambda s, _frame: notice.append(s))
     guard.install()
     try:
-        hooks = load_submission(spec.path(run_dir, "submission")).hooks()  # a broken plug-in stops here
+        submission = load_submission(spec.path(run_dir, "submission"))  # a broken plug-in stops here
+        hooks = submission.hooks()
         guard.after_import()
+        checkpoint_meta = None
+        if submission.division == "open":  # its weights fit its own code only: checkpoints name that code's hash
+            ref = {"name": submission.name, "hash": folder_or_file_hash(submission.path)}
+            checkpoint_meta = {"division": "open", "submission": ref}
         config = TrainConfig(**spec.config)
         runtime = init_runtime(spec.device, seed=config.seed)
         pipe = os.environ.get(EVENTS_PIPE_ENV)
@@ -72,6 +78,7 @@ def main(run_dir: str) -> int:
                 on_step_end=guard.check,
                 should_stop=lambda: bool(notice),
                 save_every_s=spec.checkpoint_every_s,
+                checkpoint_meta=checkpoint_meta,
             )
         finally:
             destroy_runtime()
