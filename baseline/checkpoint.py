@@ -141,10 +141,15 @@ def load_weights(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is corrupt ({e}); re-download or re-save the checkpoint") from e
 
 
-def build_model(config: GPTConfig, device: torch.device | str, compute_dtype=torch.float32, kernels=None) -> GPT:
-    """A model with initialised weights on `device`, built like nanochat (meta → to_empty → init)."""
+def build_model(
+    config: GPTConfig, device: torch.device | str, compute_dtype=torch.float32, kernels=None, model_class=GPT
+) -> GPT:
+    """A model with initialised weights on `device`, built like nanochat (meta → to_empty → init).
+
+    model_class: a subclass of GPT (an open submission's), built and initialised the same way.
+    """
     with torch.device("meta"):
-        model = GPT(config, kernels)
+        model = model_class(config, kernels)
     model.to_empty(device=device)
     model.init_weights(compute_dtype)
     return model
