@@ -17,7 +17,7 @@ metric. Then it checks what one pass cannot see, and names the first failure in 
   reverse order give the same nats batch by batch (a model that learns or changes while it is scored
   profits from the val data: dynamic evaluation, a cache of past batches);
 - causality on the val data: the logits of the first half of each row of the first batch stay the same
-  when the second half is replaced by another row's (a model that sees the next token scores near zero).
+  when the second half is reversed (a model that sees the next token scores near zero).
 `python -m eval.open_model` writes the result (bpb, totals, per-batch nats, problem) as JSON and exits
 EXIT_OK, or EXIT_INVALID with `speedrun: invalid: <problem>`. The leaderboard can run exactly this in its
 sandbox (read-only: the repository, the source, the checkpoint, the tokenizer and the val shards; written:
@@ -140,8 +140,9 @@ def causality_problem(model: nn.Module, inputs: torch.Tensor) -> str | None:
     B, T = inputs.shape
     half = T // 2
     probe = inputs.clone()
-    # Real text in the second half (another row's, or the row's own shifted): nothing a model could tell apart.
-    probe[:, half:] = inputs.roll(1, dims=0)[:, half:] if B > 1 else inputs[:, half:].roll(1, dims=1)
+    # The second half's own tokens, reversed: real tokens, other neighbours (val rows may share their starts,
+    # e.g. a corpus's common header, so another row's second half can be the same).
+    probe[:, half:] = inputs[:, half:].flip(1)
     want, got = model(inputs)[:, :half], model(probe)[:, :half]
     atol = CAUSAL_ATOL.get(compute_dtype(inputs.device), HALF_CAUSAL_ATOL)
     diff = (got - want).abs().max().item()

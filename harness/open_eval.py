@@ -53,9 +53,10 @@ def main(run_dir: str, checkpoint: str, sha256: str, source_sha256: str) -> int:
         return invalid(f"the submission's source in {source.parent.name}/ changed after the run was registered")
     val_dir = spec.path(run_dir, "val_dir")
     val_files = {f.resolve() for f in list_shards(val_dir)}
+    train_files = [f.resolve() for f in list_shards(spec.path(run_dir, "data_dir"))]  # what the view's links reach
     guard = Guard(
         threads=spec.cpu_threads,
-        deny_reading=[spec.path(run_dir, "data_dir"), *(p for p in spec.denied(run_dir) if p not in val_files)],
+        deny_reading=[*train_files, *(p for p in spec.denied(run_dir) if p not in val_files)],
         allow_writing=[run_dir / EVAL_FILE, run_dir / OPEN_EVAL_FILE, run_dir / "tmp"],
         isolated=True,
     )

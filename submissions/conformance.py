@@ -31,7 +31,7 @@ from submissions.contract import (
     SubmissionError,
     call_plugin,
 )
-from submissions.open_conformance import check_open_model
+from submissions.open_conformance import check_open_model, check_open_training
 
 # The model the checks build: 2 layers (one with a value embedding), 4 heads of 32, a short and a long window.
 CHECK_CONFIG = TrainConfig(
@@ -55,9 +55,11 @@ def check_submission(sub: Submission, *, device: str = "cpu") -> None:
     """Run every check; raises SubmissionError naming the first problem and its fix."""
     check_kernels(sub, device=device)  # first: the model below runs them
     check_schedule(sub)
+    if sub.division == "open":  # the model first: the optimizer check calls it
+        check_open_model(sub, check_plan(sub))
     check_optimizer(sub, device=device)
     if sub.division == "open":
-        check_open_model(sub, check_plan(sub))
+        check_open_training(sub, check_plan(sub))
 
 
 def check_plan(sub: Submission):

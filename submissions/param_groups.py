@@ -74,13 +74,15 @@ def open_param_groups(model: nn.Module, plan: TrainPlan) -> list[dict]:
     }
     roles = parameter_roles(model)
     params = dict(model.named_parameters())
+    named = list(NAMED_ROLES)  # the baseline's parameters keep build_param_groups' order within a group
+    order = sorted(roles, key=lambda name: named.index(name) if name in named else len(named))
     groups = []
     for role in ADAMW_ROLES:
-        members = [params[name] for name, r in roles.items() if r == role]
+        members = [params[name] for name in order if roles[name] == role]
         if members:
             group_lr, betas, decay = adamw[role]
             groups.append(dict(kind="adamw", params=members, lr=group_lr, betas=betas, eps=1e-10, weight_decay=decay))
-    matrices = [params[name] for name, r in roles.items() if r == "muon"]
+    matrices = [params[name] for name in order if roles[name] == "muon"]
     for shape in sorted({p.shape for p in matrices}):
         groups.append(
             dict(
