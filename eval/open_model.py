@@ -19,14 +19,17 @@ metric. Then it checks what one pass cannot see, and names the first failure in 
 - causality on the val data: the logits of the first half of each row of the first batch stay the same
   when the second half is reversed (a model that sees the next token scores near zero).
 `python -m eval.open_model` writes the result (bpb, totals, per-batch nats, problem) as JSON and exits
-EXIT_OK, or EXIT_INVALID with `speedrun: invalid: <problem>`. The leaderboard can run exactly this in its
-sandbox (read-only: the repository, the source, the checkpoint, the tokenizer and the val shards; written:
-the result's folder); what it imports of this module runs no submission code (`order_problem`).
+EXIT_OK, or EXIT_INVALID with `speedrun: invalid: <problem>`. `score_in_sandbox(...)` runs exactly that in
+a bubblewrap sandbox (sandbox/bwrap.py: no network, nothing of the host but what it binds read-only: this
+repository, the source, the checkpoint, the tokenizer, the val shards; it writes only its work_dir) and
+returns the result: what the leaderboard calls to score an open upload without running its code itself.
+Importing this module runs no submission code.
 """
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +46,8 @@ from baseline.loader import bos_bestfit_batches
 from baseline.tokenizer import Tokenizer
 from eval.bpb import bpb_steps, evaluate_bpb
 from protocol.record import EXIT_INVALID, EXIT_OK
+from sandbox import Limits
+from sandbox import run as run_sandboxed
 
 MODULE_FILE = "submission.py"  # in a submission folder (submissions/contract.py's layout)
 ORDER_RTOL = 1e-5  # per-batch nats of two passes over the same batches: equal up to float noise
@@ -183,6 +188,43 @@ def score(model: nn.Module, tokenizer: Tokenizer, val_dir, *, tokens: int, batch
         "reverse_batch_nats": reverse[::-1],
         "problem": problem,
     }
+
+
+def score_in_sandbox(
+    *,
+    source: Path,
+    checkpoint: Path,
+    tokenizer_dir: Path,
+    val_dir: Path,
+    tokens: int,
+    batch_size: int,
+    work_dir: Path,
+    threads: int = 2,
+    limits: Limits | None = None,
+) -> dict:
+    """`python -m eval.open_model` in a sandbox, on the CPU (GPUs are not passed into sandboxes yet): its result.
+
+    The result has `problem` set when the model broke a rule of the eval; RuntimeError (one line) when the
+    sandbox cannot run or the command failed (its log is work_dir/log.txt).
+    """
+    repo = Path(__file__).resolve().parents[1]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = work_dir / "result.json"
+    shards = {f.resolve().parent for f in Path(val_dir).glob("*.parquet")}  # where the view's links point
+    args = {"--source": source, "--checkpoint": checkpoint, "--tokenizer": tokenizer_dir, "--val-dir": val_dir,
+            "--tokens": tokens, "--batch-size": batch_size, "--out": out}  # fmt: skip
+    cmd = [sys.executable, "-m", "eval.open_model", *(str(a) for pair in args.items() for a in pair)]
+    env = {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(threads), "PYTHONDONTWRITEBYTECODE": "1"}
+    read_only = [repo, source, checkpoint, tokenizer_dir, val_dir, *shards]
+    with open(work_dir / "log.txt", "wb") as log:
+        ran = run_sandboxed(
+            cmd, work_dir=work_dir, read_only=read_only, env=env, limits=limits or Limits(), cwd=repo, stdout=log,
+            stderr=log,
+        )  # fmt: skip
+    if not out.is_file() or ran.status not in ("ok", "failed"):
+        tail = (work_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or [ran.reason or ""]
+        raise RuntimeError(f"the open eval of {os.fspath(source)} ended {ran.status}: {tail[0]}")
+    return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

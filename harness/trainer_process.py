@@ -10,7 +10,9 @@ the val and held-out shards and the eval bundle, writing outside the run directo
 clock or of the frozen code, other thread counts, and threads or processes left running at a step
 boundary. SIGTERM or SIGUSR1 (the notice a cloud or SLURM gives before taking the machine) makes it
 save at the next step boundary and end "preempted". The final metric is computed by another, fresh
-process that never imports the submission (harness/eval_process.py). Exit codes: protocol.record.EXIT_OK,
+process that never imports the submission (harness/eval_process.py), or for an open-division run one that
+runs only its model code, copied at registration (harness/open_eval.py); an open run's checkpoints name
+that code's hash in their meta. Exit codes: protocol.record.EXIT_OK,
 EXIT_DIVERGED, EXIT_INVALID (a broken rule, reported on stderr as `speedrun: invalid: ...`); anything
 else is a failure.
 """

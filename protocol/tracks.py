@@ -194,7 +194,7 @@ def save_calibration(track: Track, threshold: float, calibration: dict) -> Path:
 def format_tracks(tracks: list[Track]) -> str:
     rows = [("track", "hardware", "target", "status", "description")]
     for t in tracks:
-        status = "provisional" if t.provisional else "calibrated"
+        status = ("provisional" if t.provisional else "calibrated") + f", {'+'.join(t.divisions)}"
         rows.append((f"{t.name} v{t.version}", t.hardware.describe(), t.target.describe(), status, t.description[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4] for r in rows)

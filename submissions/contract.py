@@ -1,8 +1,8 @@
 """The submission contract: what a submission is, what it may change, what it may not, and how that is checked.
 
 Read this file top to bottom before writing one; `speedrun new NAME` (`submissions/scaffold.py`) writes a
-folder to start from. Everything a rule says is code below, and `tests/test_submissions.py` proves each
-refusal.
+folder to start from. Everything a rule says is code below, and `tests/test_submissions.py` (the open
+division: `tests/test_open_division.py`) proves each refusal.
 
 A submission is `submissions/<name>/submission.py` plus `README.md` (claim, method, results, command),
 or any folder holding a `submission.py`, or a single `.py` file, given by path. `submission.py` is a
@@ -65,10 +65,11 @@ Enforced here (refused before training, with one line that names the problem and
   every kernel computes its baseline operation, outputs and input gradients, within KERNEL_SPECS'
   tolerance; the schedule gives finite numbers at every step; the optimizer holds every trainable
   parameter exactly once and one step trains. An open model also (`submissions/open_conformance.py`):
-  gives logits and losses of the right shapes and dtype, finite, the losses those of its logits; is
-  causal, row by row; trains a few steps with every parameter moving; loads its own safetensors
-  checkpoint into a fresh build with the same outputs; scores the same in eval twice and in reverse
-  batch order, its state untouched. The runner calls it once, before the first seed.
+  gives logits and losses of the right shapes and dtype, finite; scores the same in two copies and in
+  reverse batch order, its state untouched by the eval; its losses are those of its logits; it is
+  causal, row by row, at any length; it trains a few steps with every parameter moving; it loads its
+  own safetensors checkpoint into a fresh build with the same outputs. The runner calls it once, before
+  the first seed.
 - `check_eval_budget(config, world_size)`: the resolved config scores exactly the track's val tokens.
 Enforced by the harness while the submission runs (harness/guard.py, harness/runner.py; the run ends
 `invalid` with one line; tests/test_trust.py tries each):
@@ -85,8 +86,8 @@ Enforced by the harness while the submission runs (harness/guard.py, harness/run
   the runner pinned by its hash at the last step boundary; in the open division by harness/open_eval.py,
   which runs the model code copied into the run directory at registration (its hash pinned too), scores
   the val batches in order and again in reverse (a model that learns or changes during the eval is
-  invalid), checks causality on the val data, and may write only its result, read no training data and
-  open no socket.
+  invalid), checks causality on the val data, and may write only its result, read no training data,
+  open no socket and start no process (tests/test_open_division.py tries each).
 Enforced by the harness and the server: the data, tokenizer, eval bundle and code are hashed into
 every record; the leaderboard re-runs submissions in a sandbox and compares (the decisive check).
 Not enforceable in-process, so rules for reviewers (and why):

@@ -8,11 +8,13 @@ the copied source in harness/open_eval.py and refuses a model that learns, write
 """
 
 import functools
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -22,17 +24,20 @@ import torch
 import torch.nn as nn
 from pydantic import ValidationError
 
+import sandbox
 from baseline.checkpoint import build_model, latest_checkpoint, load_model, read_meta
 from baseline.config import plan_training
 from baseline.gpt import GPT
 from baseline.optim import build_param_groups
 from baseline.tokenizer import Tokenizer
 from eval.bpb import val_bpb
-from eval.open_model import score
+from eval.open_model import score, score_in_sandbox
 from harness import runner
 from harness.guard import Guard, RefusedAccess
+from harness.submit import pack
+from protocol.bundle import SOURCE, source_tar
 from protocol.hashing import file_sha256, folder_or_file_hash
-from protocol.record import EXIT_INVALID, SubmissionRef, read_record
+from protocol.record import EXIT_INVALID, SubmissionRef, read_record, read_spec
 from protocol.tracks import load_track
 from submissions import SubmissionError, check_submission, load_submission
 from submissions.conformance import CHECK_CONFIG, check_plan
@@ -561,6 +566,29 @@ def test_a_model_that_learns_only_on_long_rows_passes_the_tiny_check_and_the_run
 def test_the_open_eval_refuses_a_source_changed_after_registration(open_run, tmp_path):
     out = _open_eval(open_run[1], tmp_path, "\n# an edit after the run was registered\n", keep_hash=True)
     assert out.returncode == EXIT_INVALID and "changed after the run was registered" in out.stderr, out.stderr
+
+
+def test_the_bundle_of_an_open_run_carries_its_source_as_the_record_hashes_it(open_run, tmp_path):
+    _, run_dir, record = open_run
+    with tarfile.open(fileobj=io.BytesIO(pack(run_dir))) as bundle:
+        member = bundle.extractfile(SOURCE).read()
+    assert member == source_tar(run_dir / "source" / "open_baseline")  # the same code, the same bytes
+    with tarfile.open(fileobj=io.BytesIO(member)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    assert folder_or_file_hash(tmp_path / "open_baseline") == record.submission.hash
+
+
+@pytest.mark.skipif(sandbox.available() is not None, reason=f"no sandbox here: {sandbox.available()}")
+def test_the_server_can_score_an_open_checkpoint_in_the_sandbox(open_run, tmp_path):
+    """eval.open_model.score_in_sandbox: the leaderboard's way in; the same number as the run's own open eval."""
+    _, run_dir, record = open_run
+    spec = read_spec(run_dir)
+    result = score_in_sandbox(
+        source=spec.path(run_dir, "submission"), checkpoint=run_dir / record.files.checkpoint,
+        tokenizer_dir=spec.path(run_dir, "tokenizer_dir"), val_dir=spec.path(run_dir, "val_dir"),
+        tokens=record.config["eval_tokens"], batch_size=record.config["device_batch_size"], work_dir=tmp_path / "work",
+    )  # fmt: skip
+    assert result["problem"] is None and result["bpb"] == record.result.val_bpb
 
 
 def test_an_isolated_guard_refuses_sockets_and_processes(tmp_path):
