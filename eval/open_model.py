@@ -109,7 +109,7 @@ def token_losses(model: nn.Module, idx, targets, vocab_size: int, reduction: str
     if not torch.is_tensor(logits) or tuple(logits.shape) != want or logits.dtype != torch.float32:
         got = f"{tuple(logits.shape)} {logits.dtype}" if torch.is_tensor(logits) else type(logits).__name__
         raise ValueError(f"model(idx) gave {got}, not float32 logits of shape {want}: return (B, T, vocab_size) fp32")
-    loss = F.cross_entropy(logits.view(-1, vocab_size), targets.view(-1), ignore_index=-1, reduction=reduction)
+    loss = F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=-1, reduction=reduction)
     return loss.view(targets.shape) if reduction == "none" else loss
 
 

@@ -116,6 +116,7 @@ import torch
 
 from baseline import kernels as base
 from baseline.attention import attention
+from baseline.checkpoint import build_model as build_gpt
 from baseline.config import TrainConfig, TrainPlan
 from baseline.hooks import Hooks, baseline_optimizer, baseline_schedule, import_plugin
 from baseline.optim import MuonAdamW, build_param_groups, polar_express
@@ -353,6 +354,12 @@ def load_submission(name_or_path: str | Path) -> Submission:
 
 
 def _check_open_hooks(build_model: Callable, kernels: dict, where: str) -> None:
+    if build_model is build_gpt:
+        raise SubmissionError(
+            f"{where}: its build_model is baseline.checkpoint.build_model imported under the hook's name, which "
+            "makes a submission open: import it as another name (from baseline.checkpoint import build_model as "
+            "build_gpt)"
+        )
     try:
         inspect.signature(build_model).bind("plan", "device", "compute_dtype")
     except TypeError as e:

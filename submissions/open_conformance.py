@@ -107,7 +107,7 @@ def check_calls(where: str, model: nn.Module, plan: TrainPlan) -> None:
     B, T = x.shape
     logits = model(x)
     loss, per_token = model(x, y), model(x, y, loss_reduction="none")
-    want = F.cross_entropy(logits.view(-1, V), y.view(-1), ignore_index=-1, reduction="none").view(B, T)
+    want = F.cross_entropy(logits.reshape(-1, V), y.view(-1), ignore_index=-1, reduction="none").view(B, T)
     for what, got, ref in (("loss_reduction='none'", per_token, want), ("the mean loss", loss, want[y >= 0].mean())):
         if (diff := _differs(got, ref)) is not None:
             raise SubmissionError(

@@ -141,6 +141,14 @@ def test_build_model_must_take_plan_device_and_compute_dtype(tmp_path):
         load_submission(write_open(tmp_path, "def build_model(plan):\n    return None\n"))
 
 
+def test_importing_the_baselines_build_model_under_its_name_is_not_entering_the_open_division(tmp_path):
+    folder = tmp_path / "closed_model"
+    folder.mkdir()
+    (folder / "submission.py").write_text(METADATA + "from baseline.checkpoint import build_model\n")
+    with pytest.raises(SubmissionError, match="imported under the hook's name.*import it as another name"):
+        load_submission(folder)
+
+
 def test_records_carry_the_division_and_the_schema_knows_only_two():
     assert SubmissionRef(name="x").division == "closed"
     assert SubmissionRef(name="x", division="open").division == "open"
