@@ -4,7 +4,9 @@ A checkpoint is a directory `<run>/checkpoints/step_000123/` holding
 - `model.safetensors`: the model's state_dict with nanochat's keys;
 - `meta.json`: `step`, `model_config` (GPTConfig fields), `tokenizer_hash` (its content hash: the
   tokenizer is found by it in the cache, or passed explicitly), and what the trainer
-  needs to resume (train config, loader state, loop state);
+  needs to resume (train config, loader state, loop state); an open-division checkpoint also has
+  `division: "open"` and `submission: {name, hash}`: its weights fit that submission's model code only
+  (eval/open_model.py loads them), and `load_model` refuses it;
 - `optim_rank{r}.safetensors` + `optim_rank{r}.json`: each rank's (sharded) optimizer state, tensors
   in safetensors and the rest (param groups, scalar state) in JSON.
 It is written into a `.tmp` directory and renamed when complete, so a crash mid-save never leaves a
@@ -80,7 +82,7 @@ def _unflatten_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> 
 def save_checkpoint(
     checkpoints_dir: str | Path,
     step: int,
-    model: GPT,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     meta: dict,
     rank: int = 0,
@@ -97,9 +99,9 @@ def save_checkpoint(
         save_file(tensors, tmp / f"optim_rank{rank}.safetensors")
         (tmp / f"optim_rank{rank}.json").write_text(json.dumps(rest))
     if rank == 0:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / "model.safetensors")
-        meta = {"step": step, "model_config": model.config.to_dict(), **meta}
+        save_file(state_for_saving(model), tmp / "model.safetensors")
+        # The trainer passes the plan's model_config (an open model need not have one); a GPT knows its own.
+        meta = {"step": step, "model_config": meta.get("model_config") or model.config.to_dict(), **meta}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     _barrier()
     if rank == 0:
@@ -107,6 +109,18 @@ def save_checkpoint(
         os.replace(tmp, final)
     _barrier()
     return final
+
+
+def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict as safetensors takes it: contiguous CPU tensors, tied ones copied (it refuses shared memory)."""
+    state, seen = {}, set()
+    for key, value in model.state_dict().items():
+        tensor = value.detach().contiguous().cpu()
+        if tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()  # a tied weight: stored twice, loaded back into the one parameter
+        seen.add(tensor.untyped_storage().data_ptr())
+        state[key] = tensor
+    return state
 
 
 def read_meta(checkpoint_dir: str | Path) -> dict:
@@ -127,16 +141,21 @@ def load_weights(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is corrupt ({e}); re-download or re-save the checkpoint") from e
 
 
-def build_model(config: GPTConfig, device: torch.device | str, compute_dtype=torch.float32, kernels=None) -> GPT:
-    """A model with initialised weights on `device`, built like nanochat (meta → to_empty → init)."""
+def build_model(
+    config: GPTConfig, device: torch.device | str, compute_dtype=torch.float32, kernels=None, model_class=GPT
+) -> GPT:
+    """A model with initialised weights on `device`, built like nanochat (meta → to_empty → init).
+
+    model_class: a subclass of GPT (an open submission's), built and initialised the same way.
+    """
     with torch.device("meta"):
-        model = GPT(config, kernels)
+        model = model_class(config, kernels)
     model.to_empty(device=device)
     model.init_weights(compute_dtype)
     return model
 
 
-def load_state_into(model: GPT, state: dict[str, torch.Tensor]):
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor]):
     """Load nanochat-format weights: strips torch.compile's prefix and keeps each parameter's dtype."""
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     own = model.state_dict()
@@ -154,6 +173,11 @@ def load_state_into(model: GPT, state: dict[str, torch.Tensor]):
 def load_model(checkpoint_dir: str | Path, device="cpu", compute_dtype=torch.float32, tokenizer_dir=None):
     """(model, tokenizer, meta) from a checkpoint; the tokenizer must match the model's vocab."""
     meta = read_meta(checkpoint_dir)
+    if meta.get("division") == "open":
+        raise ValueError(
+            f"{checkpoint_dir} holds an open-division model (submission {meta['submission']['name']}): its code is the "
+            "submission's, so load it with eval.open_model (python -m eval.open_model --source DIR ...)"
+        )
     config = GPTConfig(**meta["model_config"])
     tok_dir = tokenizer_dir or (find_tokenizer(meta["tokenizer_hash"]) if meta.get("tokenizer_hash") else None)
     if tok_dir is None:

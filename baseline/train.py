@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 
 from baseline.checkpoint import (
-    build_model,
     latest_checkpoint,
     load_optimizer_state,
     load_state_into,
@@ -114,6 +113,7 @@ def train(
     keep_final_checkpoint: bool = True,
     should_stop: Callable[[], bool] | None = None,
     save_every_s: float | None = None,
+    checkpoint_meta: dict | None = None,
 ) -> TrainResult:
     """Train from scratch (or resume from the latest checkpoint in out_dir/checkpoints) and return the result.
 
@@ -128,6 +128,8 @@ def train(
     should_stop(): asked at every step boundary (a preemption notice: SIGTERM/SIGUSR1 in the harness);
     when any rank says yes, the run saves a checkpoint there and ends "preempted", to be resumed.
     save_every_s: also save at the first step boundary after this many wall seconds since the last save.
+    checkpoint_meta: more keys for every checkpoint's meta.json (an open-division run names its division and
+    its submission's hash: the checkpoint's model is that code's, not the baseline's).
     """
     wall_start = time.perf_counter()
     hooks = hooks or Hooks()
@@ -147,7 +149,7 @@ def train(
     if tokenizer is not None and config.vocab_size != tokenizer.vocab_size:
         config = TrainConfig(**{**asdict(config), "vocab_size": tokenizer.vocab_size})
     plan = plan_training(config, runtime.world_size)
-    model = build_model(plan.model_config, device, runtime.compute_dtype, hooks.kernels)
+    model = hooks.model(plan, device, runtime.compute_dtype)  # the baseline GPT, or an open submission's own
     if config.fp8:
         if device.type != "cuda":
             raise ValueError("--fp8 needs a CUDA GPU with fp8 support (sm89+); drop --fp8 on this machine")
@@ -210,6 +212,8 @@ def train(
         events.write(CheckpointStartEvent, step=step)
         t0 = time.perf_counter()
         meta = {
+            "model_config": plan.model_config.to_dict(),  # the shape dials an open model was built from, too
+            **(checkpoint_meta or {}),
             "tokenizer_hash": tokenizer_hash,
             "train_config": asdict(config),
             "plan": plan.to_dict(),

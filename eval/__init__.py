@@ -7,6 +7,8 @@
     prefix_cache.py    the KV cache that lets all options of an example share their prompt's forward
     bpb.py             bits per byte over a fixed budget of validation tokens
     run.py             `evaluate(...)`, the result table, and `speedrun eval`
+    open_model.py      an open-division model: built from its submission's source, scored by its logits
 
-Nothing here imports a submission: eval depends on `baseline` only.
+Nothing here imports the submissions package: eval depends on `baseline` (and `protocol`) only. open_model.py
+executes one submission's source file when asked to (`load_open_model`), in the processes meant for it.
 """

@@ -22,8 +22,11 @@ from baseline.tokenizer import Tokenizer
 
 
 @torch.no_grad()
-def evaluate_bpb(model, batches, token_bytes: torch.Tensor, steps: int) -> dict:
-    """bpb of `model` over the first `steps` batches `(inputs, targets, ...)` (int64 (B, T) each)."""
+def evaluate_bpb(model, batches, token_bytes: torch.Tensor, steps: int, per_batch: list | None = None) -> dict:
+    """bpb of `model` over the first `steps` batches `(inputs, targets, ...)` (int64 (B, T) each).
+
+    per_batch: a list that gets each batch's scored nats, in order (the open division's order check).
+    """
     device = next(model.parameters()).device  # also right for a torch.compile'd model
     token_bytes = token_bytes.to(device)
     total_nats = torch.zeros((), dtype=torch.float32, device=device)  # float32, as nanochat accumulates
@@ -35,8 +38,11 @@ def evaluate_bpb(model, batches, token_bytes: torch.Tensor, steps: int) -> dict:
         targets = targets.view(-1)
         valid = targets >= 0
         nbytes = torch.where(valid, token_bytes[targets.clamp(min=0)], 0)  # ignored targets: 0 bytes
-        total_nats += (loss * (nbytes > 0)).sum()
+        batch_nats = (loss * (nbytes > 0)).sum()
+        total_nats += batch_nats
         total_bytes += nbytes.sum()
+        if per_batch is not None:
+            per_batch.append(batch_nats.item())
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(total_nats, op=dist.ReduceOp.SUM)
         dist.all_reduce(total_bytes, op=dist.ReduceOp.SUM)

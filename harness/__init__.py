@@ -2,6 +2,9 @@
 
     runner.py           `speedrun run` / `resume`: prepare data and tokenizer, launch, watch, write the record
     trainer_process.py  the training child process (alone or under torchrun)
+    eval_process.py     the final metric of a closed run, in a process that never imports the submission
+    open_eval.py        the final metric of an open run, running its copied model code under the guard
+    guard.py            the rules checked inside the processes that run submission code
     telemetry.py        the sampler (NVML, psutil, RAPL) and its summary over the timed steps
     provenance.py       hashes, git, software and hardware for every record
     calibrate.py        `speedrun track calibrate`: a track's target from baseline runs

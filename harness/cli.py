@@ -7,7 +7,7 @@
     speedrun train --depth 4 --data-dir DIR --tokenizer DIR     # the frozen baseline trainer
     speedrun eval --checkpoint DIR --core --bpb                 # CORE / bits per byte
     speedrun tracks                                             # the tracks, targets, hardware
-    speedrun new my_idea                                        # scaffold a submission (plug-in)
+    speedrun new my_idea [--open]                               # scaffold a submission (--open: its own model)
     speedrun run baseline --track cpu-books --seeds 3           # a full run: data, train, eval, record
     speedrun resume RUN_ID                                      # continue a killed/preempted run
     speedrun stats RUN...                                       # mean ± std and the record p-value
@@ -378,7 +378,7 @@ def _calibrate(args):
 
 
 def _new(args):
-    path = scaffold(args.name)
+    path = scaffold(args.name, open_division=args.open)
     print(f"created {path}: edit submission.py, then `speedrun run {args.name} --track cpu-books --seeds 3`")
 
 
@@ -560,6 +560,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("new", help="scaffold a submission: every hook present, commented out, and a README")
     p.add_argument("name", help="folder name under submissions/ (a Python identifier)")
+    p.add_argument("--open", action="store_true", help="the open division: a build_model of your own (contract.py)")
     p.set_defaults(func=_new)
 
     p = sub.add_parser("chat-tune", help="turn a run's base model into a chat model (short SFT, untimed)")

@@ -17,7 +17,9 @@ Checked, each refused with one line (GuardViolation, which ends the run as `inva
   background would run outside every timed step;
 - files: reading the val and held-out shards and the eval bundle is refused (a Python audit hook on
   `open`, also `os.open`), and so is writing anywhere but the run's own directories, so a plug-in can
-  neither train on what it is scored on nor leave anything behind for a later run.
+  neither train on what it is scored on nor leave anything behind for a later run;
+- isolated (the open division's eval, harness/open_eval.py, where nothing needs either): no socket is
+  opened and no process started (audit events of `socket` and of `subprocess`/`os` process calls).
 
 Why some of this is a rule for reviewers and not only a check: an audit hook sees Python's file
 opens, not a C extension's (ctypes is refused for that reason); a patch that restores itself before
@@ -38,12 +40,17 @@ from pathlib import Path
 import psutil
 import torch
 
+from baseline.hooks import PLUGIN_MODULE_PREFIX
+
 PROTECTED_PACKAGES = ("protocol", "baseline", "eval", "harness")
 # Who may start a thread that is still alive at a step boundary: torch itself (compile workers) and
 # the frozen code, judged by the first caller outside the standard library.
 TRUSTED_STARTERS = ("torch", "triton", "tqdm", *PROTECTED_PACKAGES)
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 _MISSING = object()
+# What an isolated process may not do: the audit events of opening a socket or starting a program.
+NETWORK_EVENTS = ("socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname")
+PROCESS_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty")
 
 
 class GuardViolation(RuntimeError):
@@ -63,9 +70,15 @@ def _write_mode(args: tuple) -> bool:
 
 class Guard:
     def __init__(
-        self, *, threads: int | None, deny_reading: Iterable[str | Path] = (), allow_writing: Iterable[str | Path] = ()
+        self,
+        *,
+        threads: int | None,
+        deny_reading: Iterable[str | Path] = (),
+        allow_writing: Iterable[str | Path] = (),
+        isolated: bool = False,
     ):
         self.threads = threads
+        self.isolated = isolated
         self.deny_reading = [Path(p).resolve() for p in deny_reading]
         # /dev/shm: torch's shared-memory tensors and gloo; nothing persists there past a reboot.
         self.allow_writing = [Path(p).resolve() for p in allow_writing] + [Path(os.devnull), Path("/dev/shm")]
@@ -101,6 +114,10 @@ class Guard:
         elif event == "ctypes.dlopen" or event.startswith("ctypes.dlsym"):
             if _called_from_plugin():
                 self._refuse("loading native code through ctypes was refused: ship native code as a kernel")
+        elif self.isolated and event in NETWORK_EVENTS:
+            self._refuse(f"opening a network connection ({event}) was refused: the model's code runs offline")
+        elif self.isolated and event in PROCESS_EVENTS:
+            self._refuse(f"starting a process ({event}) was refused: the model's code runs in this process alone")
 
     def _refuse(self, message: str):
         self.refused.append(message)
@@ -111,9 +128,9 @@ class Guard:
     def after_import(self) -> None:
         self._compare("importing the submission")
 
-    def check(self, step: int) -> None:
-        """At a step boundary (baseline.train calls it after each step): every rule still holds."""
-        where = f"step {step}"
+    def check(self, step: int, where: str | None = None) -> None:
+        """At a step boundary (baseline.train calls it after each step), or `where` else: every rule still holds."""
+        where = where or f"step {step}"
         if self.refused:
             raise GuardViolation(f"{self.refused[0]} (before {where})")
         self._compare(where)
@@ -234,10 +251,10 @@ def _trusted_process(pid: int) -> bool:
 
 
 def _called_from_plugin() -> bool:
-    """Whether a frame of the stack belongs to the submission (imported as speedrun_submission_*)."""
+    """Whether a frame of the stack belongs to the submission (baseline.hooks.import_plugin's module names)."""
     frame: types.FrameType | None = sys._getframe(2)
     while frame is not None:
-        if frame.f_globals.get("__name__", "").startswith("speedrun_submission_"):
+        if frame.f_globals.get("__name__", "").startswith(PLUGIN_MODULE_PREFIX):
             return True
         frame = frame.f_back
     return False

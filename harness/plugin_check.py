@@ -1,6 +1,6 @@
 """The conformance check of a submission, in a child process: the runner itself never imports plug-in code.
 
-    python -m harness.plugin_check SUBMISSION      # prints one JSON line: {"name", "path", "config"}
+    python -m harness.plugin_check SUBMISSION      # prints one JSON line: {"name", "path", "config", "division"}
 
 It loads the submission and runs submissions.conformance.check_submission (a tiny model on CPU);
 on success it prints what the runner needs to know (the folder, the name, the validated CONFIG
@@ -24,7 +24,8 @@ def main(submission: str) -> int:
     except SubmissionError as e:
         print(f"speedrun: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"name": plugin.name, "path": str(plugin.path.resolve()), "config": plugin.config_overrides}))
+    path, config = str(plugin.path.resolve()), plugin.config_overrides
+    print(json.dumps({"name": plugin.name, "path": path, "config": config, "division": plugin.division}))
     return 0
 
 

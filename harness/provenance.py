@@ -52,10 +52,10 @@ def shards_hash(files: Iterable[str | os.PathLike]) -> str:
     return data_fingerprint(files, cache=HashCache(hash_cache_file()))
 
 
-def submission_ref(submission_dir: str | os.PathLike) -> dict:
-    """{name, hash} of a submission folder (or single .py file): what records and uploads carry."""
+def submission_ref(submission_dir: str | os.PathLike, division: str = "closed") -> dict:
+    """{name, hash, division} of a submission folder (or single .py file): what records and uploads carry."""
     path = Path(submission_dir)
-    return {"name": path.stem, "hash": folder_or_file_hash(path)}
+    return {"name": path.stem, "hash": folder_or_file_hash(path), "division": division}
 
 
 def eval_bundle_hash(bundle_dir: str | os.PathLike) -> str:
@@ -204,6 +204,7 @@ def portable_argv(argv: list[str]) -> list[str]:
 def collect(
     *,
     submission_dir: str | os.PathLike | None = None,
+    division: str = "closed",
     data_files: Iterable[str | os.PathLike] = (),
     data_hash: str | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
@@ -228,7 +229,7 @@ def collect(
         data = {"fingerprint": fingerprint, "num_files": len(files), "bytes": sum(f.stat().st_size for f in files)}
     return {
         "code": code_hashes(repo_root),
-        "submission": submission_ref(submission_dir) if submission_dir is not None else None,
+        "submission": submission_ref(submission_dir, division) if submission_dir is not None else None,
         "data": data,
         "tokenizer": tree_hash(tokenizer_dir, include=ALL_FILES, exclude=NOT_CONTENT) if tokenizer_dir else None,
         "eval_bundle": eval_bundle_hash(eval_bundle) if eval_bundle else None,

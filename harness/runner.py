@@ -6,7 +6,9 @@
 For every seed the runner makes `runs/<run_id>/`, writes `run.json` (what to train) and a first
 `record.json` (status "running"), then launches `harness.trainer_process` as a child process (through
 torchrun when --nproc > 1) while it samples telemetry, shows a live progress line from the step
-events, and forwards SIGINT/SIGTERM. Whatever happens, the record is rewritten at the end with the
+events, and forwards SIGINT/SIGTERM. An open-division submission (submissions/contract.py) is copied
+into the run directory (`source/`, its hash the record's) and trained from there; its eval is
+harness/open_eval.py, which runs that copy. Whatever happens, the record is rewritten at the end with the
 final status (completed, stopped, failed, diverged, killed), timings, result, telemetry summary and
 provenance; logs, events and telemetry stay on disk. `speedrun resume RUN_ID` continues a run from its
 last checkpoint with the timer continuing (spot instances).
@@ -14,6 +16,7 @@ last checkpoint with the timer continuing (spot instances).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +39,7 @@ from harness.event_pipe import EventPipe
 from harness.trackers import Tracker, open_tracker, require
 from harness.trainer_process import EVENTS_PIPE_ENV, read_result
 from protocol.events import CheckpointEvent, StartEvent, StepEvent, drop_from_step, read_events
-from protocol.hashing import file_sha256
+from protocol.hashing import NOT_CONTENT, file_sha256, folder_or_file_hash
 from protocol.paths import eval_bundle_dir, track_data_dir, track_tokenizer_dir
 from protocol.record import (
     EXIT_DIVERGED,
@@ -68,6 +71,7 @@ REPO = Path(__file__).resolve().parents[1]  # the training process runs from the
 KILL_GRACE_S = 30
 PREEMPT_GRACE_S = 300  # how long a preempted training process may take to reach a step boundary and save
 COMPILE_CACHE = "compile_cache"  # in the run directory: filled by the warm-up, read by the timed process
+SOURCE_DIR = "source"  # in an open run's directory: the submission's code as hashed at registration
 
 
 class Preflight(ValueError):
@@ -82,6 +86,7 @@ class CheckedSubmission:
     name: str
     path: Path  # its folder (or single .py file)
     config: dict  # its validated CONFIG overrides
+    division: str = "closed"  # "open" when it defines build_model (submissions/contract.py)
 
 
 def checked_submission(submission: str) -> CheckedSubmission:
@@ -100,7 +105,7 @@ def checked_submission(submission: str) -> CheckedSubmission:
             raise SubmissionError(error.removeprefix("speedrun: error: "))
         raise RuntimeError(f"the conformance check of {submission} crashed: {' | '.join(lines[-3:])}")
     raw = json.loads(out.stdout.strip().splitlines()[-1])
-    return CheckedSubmission(name=raw["name"], path=Path(raw["path"]), config=raw["config"])
+    return CheckedSubmission(name=raw["name"], path=Path(raw["path"]), config=raw["config"], division=raw["division"])
 
 
 def prepare_data(track: Track, data_dir: Path) -> list[Path]:
@@ -314,8 +319,10 @@ def execute(
                 result = read_result(run_dir)
                 done = stages.returncode["train"] == 0 and result is not None and result.status != "preempted"
                 if done and pinned and not stages.signal:  # on this node alone: the checkpoint it scores is here
-                    args = [str(run_dir), str(pinned[0]), pinned[1]]
-                    stages.run("eval", "harness.eval_process", args, run_dir, env, launch | {"nnodes": 1, "rdzv": None})
+                    module, args, on_node = "harness.eval_process", [str(run_dir), str(pinned[0]), pinned[1]], {}
+                    if record.submission.division == "open":  # one process runs the copied model code
+                        module, args, on_node = "harness.open_eval", [*args, record.submission.hash], {"nproc": 1}
+                    stages.run("eval", module, args, run_dir, env, launch | {"nnodes": 1, "rdzv": None} | on_node)
         if sys.stdout.isatty():
             print()
     finally:
@@ -596,8 +603,11 @@ def register(
     for seed, run_id, (config, plan) in zip(seeds, campaign.run_ids, plans, strict=True):
         run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=False)
+        source = plugin.path
+        if plugin.division == "open":  # the eval and the server run this very code: it travels with the run
+            source = copy_source(plugin.path, run_dir, campaign.submission.hash)
         spec = RunSpec(
-            submission=_relative(plugin.path, run_dir),
+            submission=_relative(source, run_dir),
             config=asdict(config),
             data_dir=_relative(write_view(run_dir / "data" / "train", {"train": splits["train"]}), run_dir),
             val_dir=_relative(write_view(run_dir / "data" / "val", {"val": splits["val"]}), run_dir),
@@ -629,6 +639,7 @@ def register(
             provenance=Provenance(
                 **provenance.collect(
                     submission_dir=plugin.path,
+                    division=plugin.division,
                     data_files=files,
                     data_hash=data_hash,
                     tokenizer_dir=tokenizer_dir,
@@ -652,7 +663,17 @@ def plan_campaign(
     if repeated:
         raise ValueError(f"seed {repeated[0]} is given twice: every seed counts once, pass distinct seeds")
     plugin = checked_submission(submission)  # refuse a broken plug-in before any data or training work
-    submission_ref = SubmissionRef(**provenance.submission_ref(plugin.path))
+    if plugin.division not in track.divisions:
+        raise ValueError(
+            f"track {track.name} ranks the {' and '.join(track.divisions)} division only, and {plugin.name} is in the "
+            f"{plugin.division} one: pick a track whose divisions include {plugin.division!r} (speedrun tracks)"
+        )
+    if plugin.division == "open" and track.target.metric != "val_bpb":
+        raise ValueError(
+            f"track {track.name} is judged by {track.target.metric}, and the open division's eval "
+            "(harness/open_eval.py) scores val bpb only so far: run it on a val_bpb track (cpu-books, d12)"
+        )
+    submission_ref = SubmissionRef(**provenance.submission_ref(plugin.path, plugin.division))
     track_ref = TrackRef(name=track.name, version=track.version, metric=track.target.metric,
                          threshold=track.target.threshold, higher_is_better=track.target.higher_is_better,
                          kind=track.kind, budget_s=track.target.budget_s)  # fmt: skip
@@ -660,6 +681,22 @@ def plan_campaign(
     campaign = Campaign(campaign_id=campaign_id, created=now_iso(), track=track_ref, submission=submission_ref,
                         seeds=seeds, run_ids=[f"{campaign_id}-s{seed}" for seed in seeds])  # fmt: skip
     return campaign, plugin
+
+
+def copy_source(path: Path, run_dir: Path, expected_hash: str) -> Path:
+    """Copy a submission's folder (or .py file) to run_dir/source/, with exactly the files its hash covers."""
+    dest = run_dir / SOURCE_DIR / path.name
+    if path.is_dir():
+        shutil.copytree(path, dest, ignore=shutil.ignore_patterns(*NOT_CONTENT))
+    else:
+        dest.parent.mkdir(parents=True)
+        shutil.copy2(path, dest)
+    if folder_or_file_hash(dest) != expected_hash:
+        raise ValueError(
+            f"the copy of {path} in {dest.parent} does not hash as the submission did (a linked folder, or it changed "
+            "while being copied): keep a submission's files plain and unchanged while it is registered"
+        )
+    return dest
 
 
 def _relative(path: Path, run_dir: Path) -> str:

@@ -10,7 +10,9 @@ the val and held-out shards and the eval bundle, writing outside the run directo
 clock or of the frozen code, other thread counts, and threads or processes left running at a step
 boundary. SIGTERM or SIGUSR1 (the notice a cloud or SLURM gives before taking the machine) makes it
 save at the next step boundary and end "preempted". The final metric is computed by another, fresh
-process that never imports the submission (harness/eval_process.py). Exit codes: protocol.record.EXIT_OK,
+process that never imports the submission (harness/eval_process.py), or for an open-division run one that
+runs only its model code, copied at registration (harness/open_eval.py); an open run's checkpoints name
+that code's hash in their meta. Exit codes: protocol.record.EXIT_OK,
 EXIT_DIVERGED, EXIT_INVALID (a broken rule, reported on stderr as `speedrun: invalid: ...`); anything
 else is a failure.
 """
@@ -26,6 +28,7 @@ from baseline.config import TrainConfig
 from baseline.device import destroy_runtime, init_runtime
 from baseline.train import TrainResult, train
 from harness.guard import Guard, GuardViolation
+from protocol.hashing import folder_or_file_hash
 from protocol.record import EXIT_DIVERGED, EXIT_INVALID, EXIT_OK, read_spec
 from submissions.contract import SubmissionError, load_submission
 
@@ -52,8 +55,13 @@ def main(run_dir: str) -> int:
         signal.signal(signum, lambda s, _frame: notice.append(s))
     guard.install()
     try:
-        hooks = load_submission(spec.path(run_dir, "submission")).hooks()  # a broken plug-in stops here
+        submission = load_submission(spec.path(run_dir, "submission"))  # a broken plug-in stops here
+        hooks = submission.hooks()
         guard.after_import()
+        checkpoint_meta = None
+        if submission.division == "open":  # its weights fit its own code only: checkpoints name that code's hash
+            ref = {"name": submission.name, "hash": folder_or_file_hash(submission.path)}
+            checkpoint_meta = {"division": "open", "submission": ref}
         config = TrainConfig(**spec.config)
         runtime = init_runtime(spec.device, seed=config.seed)
         pipe = os.environ.get(EVENTS_PIPE_ENV)
@@ -72,6 +80,7 @@ def main(run_dir: str) -> int:
                 on_step_end=guard.check,
                 should_stop=lambda: bool(notice),
                 save_every_s=spec.checkpoint_every_s,
+                checkpoint_meta=checkpoint_meta,
             )
         finally:
             destroy_runtime()

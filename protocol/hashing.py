@@ -48,7 +48,7 @@ def tree_hash(
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory: pass the package or submission folder to hash")
     h = hashlib.sha256()
-    for rel in sorted(_tree_files(root, include, exclude)):
+    for rel in tree_files(root, include, exclude):
         h.update(f"{rel}\0{file_sha256(root / rel)}\n".encode())
     return h.hexdigest()
 
@@ -65,14 +65,15 @@ def folder_or_file_hash(path: str | os.PathLike) -> str:
     return tree_hash(path, include=ALL_FILES, exclude=NOT_CONTENT) if path.is_dir() else file_sha256(path)
 
 
-def _tree_files(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+def tree_files(root: Path, include: tuple[str, ...] = ALL_FILES, exclude: tuple[str, ...] = NOT_CONTENT) -> list[str]:
+    """The relative posix paths, sorted, of the files under `root` that tree_hash counts with these patterns."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not _matches(d, exclude)]  # prune, do not descend
         for name in filenames:
             if _matches(name, include) and not _matches(name, exclude):
                 files.append((Path(dirpath) / name).relative_to(root).as_posix())
-    return files
+    return sorted(files)
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -103,6 +103,9 @@ def read_spec(run_dir: str | Path) -> RunSpec:
 class SubmissionRef(_Strict):
     name: Name
     hash: str | None = Field(default=None, pattern=HEX64)  # protocol.hashing.folder_or_file_hash
+    # closed: the baseline's model (frozen code loads the weights); open: the submission's own build_model
+    # (its source, copied into the run and hashed above, is needed to load them): submissions/contract.py
+    division: Literal["closed", "open"] = "closed"
 
 
 class TrackRef(_Strict):

@@ -5,8 +5,10 @@
     track.target.met(2.41), track.hardware.describe(), track.recipe["depth"]
 
 A track pins everything a result is judged by: the hardware, the dataset's identity (content hash),
-the tokenizer, the target (metric, threshold, direction), the price of an hour of hardware, and the
-recipe: the reference training config every submission starts from. The timing rule is the same for
+the tokenizer, the target (metric, threshold, direction), the price of an hour of hardware, the
+recipe: the reference training config every submission starts from, and the divisions it ranks
+(`divisions = ["closed", "open"]`; closed alone when absent; submissions/contract.py says what each
+may change). The timing rule is the same for
 every track (protocol/timing.py). `speedrun tracks` lists them; `speedrun track calibrate` writes a
 measured target back into the file.
 """
@@ -71,6 +73,7 @@ def beats(value: float | None, threshold: float, higher_is_better: bool) -> bool
 
 
 KINDS = ("time_to_target", "budget")
+DIVISIONS = ("closed", "open")  # submissions/contract.py: the baseline's model, or the submission's own
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Track:
     recipe: dict  # TrainConfig fields of the reference run
     calibration: dict = field(default_factory=dict)
     kind: str = "time_to_target"  # KINDS
+    divisions: tuple[str, ...] = ("closed",)  # which of DIVISIONS it ranks
     path: Path | None = field(default=None, compare=False)  # where it was read from (never serialized)
 
     def training_config(self, overrides: dict | None = None) -> dict:
@@ -154,6 +158,7 @@ def track_from_dict(raw: dict, path: Path | None = None) -> Track:
         recipe=dict(raw["recipe"]),
         calibration=dict(raw.get("calibration", {})),
         kind=raw.get("kind", "time_to_target"),
+        divisions=tuple(raw.get("divisions", ("closed",))),
         path=path,
     )
 
@@ -167,6 +172,8 @@ def load_track(name_or_path: str | Path) -> Track:
         raise ValueError(f"track file {path.name} is malformed ({problem}); compare with cpu-books.toml") from e
     if track.kind not in KINDS or (track.kind == "budget") != bool(track.target.budget_s):
         raise ValueError(f"track file {path.name}: kind {track.kind!r} needs [target] budget_s exactly when 'budget'")
+    if not track.divisions or set(track.divisions) - set(DIVISIONS):
+        raise ValueError(f"track file {path.name}: divisions {list(track.divisions)} must be some of {list(DIVISIONS)}")
     return track
 
 
@@ -187,7 +194,7 @@ def save_calibration(track: Track, threshold: float, calibration: dict) -> Path:
 def format_tracks(tracks: list[Track]) -> str:
     rows = [("track", "hardware", "target", "status", "description")]
     for t in tracks:
-        status = "provisional" if t.provisional else "calibrated"
+        status = ("provisional" if t.provisional else "calibrated") + f", {'+'.join(t.divisions)}"
         rows.append((f"{t.name} v{t.version}", t.hardware.describe(), t.target.describe(), status, t.description[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4] for r in rows)

@@ -1,10 +1,14 @@
-"""Submissions: plug-ins that train the frozen baseline model faster, and the contract they must keep.
+"""Submissions: plug-ins that train the baseline model faster (the closed division) or bring their own model (open),
+and the contract they must keep.
 
-- `contract.py`: the rules, read top to bottom (what may be set, what may not, hooks, kernel tolerances),
-  and `load_submission(name_or_path) -> Submission`.
-- `conformance.py`: `check_submission(sub)`, the coverage and equivalence checks run before any training.
-- `scaffold.py`: `scaffold(name)`, what `speedrun new NAME` writes.
-- `<name>/submission.py` + `<name>/README.md`: one submission each (`baseline/` has no overrides).
+- `contract.py`: the rules, read top to bottom (the two divisions, what may be set, hooks, kernel
+  tolerances), and `load_submission(name_or_path) -> Submission`.
+- `conformance.py`: `check_submission(sub)`, the coverage and equivalence checks run before any training;
+  `open_conformance.py`: what it checks of an open submission's own model.
+- `param_groups.py`: optimizer groups by role for any model (an open submission's default optimizer).
+- `scaffold.py`: `scaffold(name, open_division=False)`, what `speedrun new NAME [--open]` writes.
+- `<name>/submission.py` + `<name>/README.md`: one submission each (`baseline/` has no overrides;
+  `unet_skips/` and `attention_gate/` are open-division ports of modded-nanogpt records).
 """
 
 from submissions.conformance import check_submission

@@ -1,4 +1,5 @@
-"""Conformance checks a submission must pass before it trains: optimizer coverage, sane schedule, equivalent kernels.
+"""Conformance checks a submission must pass before it trains: optimizer coverage, sane schedule, equivalent kernels,
+and for an open-division submission its own model (submissions/open_conformance.py).
 
     from submissions.conformance import check_submission
     check_submission(load_submission("my_idea"))       # SubmissionError (one line) on the first failure
@@ -18,12 +19,19 @@ from dataclasses import replace
 
 import torch
 
-from baseline.checkpoint import build_model
 from baseline.config import TrainConfig, plan_training
 from baseline.gpt import ROTARY_BASE
 from baseline.hooks import apply_schedule
 from baseline.optim import muon_step
-from submissions.contract import ALLOWED_OVERRIDES, KERNEL_SPECS, Submission, SubmissionError
+from submissions.contract import (
+    ALLOWED_OVERRIDES,
+    KERNEL_SPECS,
+    OPEN_OVERRIDES,
+    Submission,
+    SubmissionError,
+    call_plugin,
+)
+from submissions.open_conformance import check_open_model, check_open_training
 
 # The model the checks build: 2 layers (one with a value embedding), 4 heads of 32, a short and a long window.
 CHECK_CONFIG = TrainConfig(
@@ -38,19 +46,25 @@ CHECK_CONFIG = TrainConfig(
     num_iterations=20,
     eval_every=-1,
 )
-# Overrides of these kinds reach the check's plan; sizes, horizon and batch stay tiny.
-CHECKED_KINDS = ("optimizer", "schedule")
+# Overrides of these kinds reach the check's plan (the architecture dials: in the open division only, where the
+# model is the submission's); sizes, horizon and batch stay tiny.
+CHECKED_KINDS = ("optimizer", "schedule", "architecture")
 
 
 def check_submission(sub: Submission, *, device: str = "cpu") -> None:
     """Run every check; raises SubmissionError naming the first problem and its fix."""
     check_kernels(sub, device=device)  # first: the model below runs them
     check_schedule(sub)
+    if sub.division == "open":  # the model first: the optimizer check calls it
+        check_open_model(sub, check_plan(sub))
     check_optimizer(sub, device=device)
+    if sub.division == "open":
+        check_open_training(sub, check_plan(sub))
 
 
 def check_plan(sub: Submission):
-    kept = {k: v for k, v in sub.config_overrides.items() if ALLOWED_OVERRIDES[k] in CHECKED_KINDS}
+    kinds = ALLOWED_OVERRIDES | OPEN_OVERRIDES
+    kept = {k: v for k, v in sub.config_overrides.items() if kinds[k] in CHECKED_KINDS}
     try:
         return plan_training(replace(CHECK_CONFIG, **kept))
     except ValueError as e:
@@ -62,8 +76,8 @@ def check_optimizer(sub: Submission, *, device: str = "cpu") -> None:
     where = f"submission {sub.name}"
     plan, hooks = check_plan(sub), sub.hooks()
     torch.manual_seed(0)
-    model = build_model(plan.model_config, device, torch.float32, hooks.kernels)
-    optimizer = _call(where, "build_optimizer", hooks.build_optimizer, model, plan, torch.float32)
+    model = call_plugin(where, "build_model", hooks.model, plan, device, torch.float32)
+    optimizer = call_plugin(where, "build_optimizer", hooks.build_optimizer, model, plan, torch.float32)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise SubmissionError(
             f"{where}: build_optimizer returned {type(optimizer).__name__}: return a torch.optim.Optimizer"
@@ -92,12 +106,12 @@ def check_optimizer(sub: Submission, *, device: str = "cpu") -> None:
         raise SubmissionError(f"{where}: build_optimizer holds tensors that are not the model's parameters: drop them")
 
     x = torch.randint(0, plan.model_config.vocab_size, (2, plan.config.max_seq_len), device=device)
-    schedule = _call(where, "build_schedule", hooks.build_schedule, plan)
+    schedule = call_plugin(where, "build_schedule", hooks.build_schedule, plan)
     before = [p.detach().clone() for p in model.parameters()]
-    loss = _call(where, "the model's forward with its kernels", model, x, x.roll(-1, dims=1))
-    _call(where, "the model's backward with its kernels", loss.backward)
-    _call(where, "the schedule", apply_schedule, optimizer, schedule, 0, 0.0)
-    _call(where, "optimizer.step()", optimizer.step)
+    loss = call_plugin(where, "the model's forward with its kernels", model, x, x.roll(-1, dims=1))
+    call_plugin(where, "the model's backward with its kernels", loss.backward)
+    call_plugin(where, "the schedule", apply_schedule, optimizer, schedule, 0, 0.0)
+    call_plugin(where, "optimizer.step()", optimizer.step)
     params = list(model.parameters())
     if not all(torch.isfinite(p).all() for p in params):
         raise SubmissionError(f"{where}: one optimizer step made parameters non-finite: check the update's arithmetic")
@@ -111,29 +125,19 @@ def check_schedule(sub: Submission) -> None:
     """The schedule gives a finite number for each of its three values at every (step, progress), lr multiplier ≥ 0."""
     where = f"submission {sub.name}"
     plan = check_plan(sub)
-    schedule = _call(where, "build_schedule", sub.hooks().build_schedule, plan)
+    schedule = call_plugin(where, "build_schedule", sub.hooks().build_schedule, plan)
     for step in range(plan.num_iterations + 1):
         progress = step / plan.num_iterations
         for value in ("lr_multiplier", "muon_momentum", "muon_weight_decay"):
             method = getattr(schedule, value, None)
             if method is None:
                 raise SubmissionError(f"{where}: the schedule has no {value}(step, progress): see contract.Schedule")
-            got = _call(where, f"schedule.{value}({step}, {progress:.3g})", method, step, progress)
+            got = call_plugin(where, f"schedule.{value}({step}, {progress:.3g})", method, step, progress)
             if not isinstance(got, int | float) or not math.isfinite(got) or (value == "lr_multiplier" and got < 0):
                 raise SubmissionError(
                     f"{where}: schedule.{value}({step}, {progress:.3g}) = {got!r} of {plan.num_iterations} steps: "
                     f"return a finite float{' ≥ 0' if value == 'lr_multiplier' else ''}"
                 )
-
-
-def _call(where: str, what: str, fn: Callable, *args):
-    try:
-        return fn(*args)
-    except Exception as e:  # noqa: BLE001 -- any error in submission code is reported as one line
-        detail = (str(e).strip().splitlines() or [""])[0]
-        raise SubmissionError(
-            f"{where}: {what} raised {type(e).__name__}: {detail}; fix it, then rerun the check"
-        ) from e
 
 
 # ---------------------------------------------------------------------------------------- kernels

@@ -1,8 +1,8 @@
 """The submission contract: what a submission is, what it may change, what it may not, and how that is checked.
 
 Read this file top to bottom before writing one; `speedrun new NAME` (`submissions/scaffold.py`) writes a
-folder to start from. Everything a rule says is code below, and `tests/test_submissions.py` proves each
-refusal.
+folder to start from. Everything a rule says is code below, and `tests/test_submissions.py` (the open
+division: `tests/test_open_division.py`) proves each refusal.
 
 A submission is `submissions/<name>/submission.py` plus `README.md` (claim, method, results, command),
 or any folder holding a `submission.py`, or a single `.py` file, given by path. `submission.py` is a
@@ -14,29 +14,62 @@ baseline's:
     def build_optimizer(model, plan, compute_dtype) -> torch.optim.Optimizer: ...   # BuildOptimizer
     def build_schedule(plan) -> Schedule: ...      # BuildSchedule: lr / Muon momentum / Muon wd per (step, progress)
     KERNELS = {"rms_norm": my_rms_norm}            # equivalent replacements, names from KERNEL_SPECS
+    def build_model(plan, device, compute_dtype) -> torch.nn.Module: ...  # BuildModel: the open division only
 
 The frozen trainer (`baseline/train.py`) owns the loop, the data stream, the clock and the eval; a
-submission only hands it hooks (`baseline.hooks.Hooks`). It may change HOW the baseline model is trained
-(optimizer, schedule, the recipe's dials) and HOW FAST its operations run (kernels). It may not change
-WHAT is measured: the data stream, the tokenizer, the eval, the timer and the model's architecture stay
-the track's, so the trained weights are a baseline checkpoint that the frozen eval and the server load
-without any submission code.
+submission only hands it hooks (`baseline.hooks.Hooks`). Two divisions, as in MLPerf: a submission is in
+the OPEN division when it defines `build_model`, else in the CLOSED one. The hook is the marker because
+it is exactly what changes how a result can be checked: a closed checkpoint is a baseline model that the
+frozen eval and the server load without any submission code; an open one is only weights for the
+submission's own code, which the eval must run (eval/open_model.py, in the server's sandbox).
+
+| what may change                                        | closed             | open                   |
+|--------------------------------------------------------|--------------------|------------------------|
+| optimizer, schedule, batch, horizon, depth, fp8        | the submission     | the submission         |
+| kernels (KERNELS)                                      | equivalent ones    | orthogonalize only     |
+| the model's code (build_model)                         | no: the baseline's | the submission         |
+| architecture dials: aspect_ratio, head_dim, window_pattern | no: the track's | the submission        |
+| data stream, row length, tokenizer, eval, timer, seeds | no: the track's    | no: the track's        |
+| who runs the model for the metric                      | frozen code only   | its code, in a sandbox |
 
 Why these lines (what keeps two results comparable): a result is the timed seconds to reach the track's
-target metric. Anything that changes the metric's definition is the track's: the data stream and row
-length (max_seq_len), the tokenizer (vocab_size), the eval (eval_tokens, eval_every), the seeds, and the
-architecture (aspect_ratio, head_dim, window_pattern: the checkpoint must load as the baseline's). What
-only changes how training gets there is the submission's: the size dial (depth), the horizon, the batch,
-the optimizer and its lrs, the schedule, fp8 (the eval runs with fp8 off) and compilation.
+target metric. Anything that changes the metric's definition is the track's in both divisions: the data
+stream and row length (max_seq_len), the tokenizer (vocab_size), the eval (eval_tokens, eval_every) and
+the seeds. What only changes how training gets there is the submission's: the size dial (depth), the
+horizon, the batch, the optimizer and its lrs, the schedule, fp8 (the eval runs with fp8 off) and
+compilation. The architecture is the track's in the closed division (results compare the recipes of
+one model) and the submission's in the open one (results compare models; nanochat's leaderboard runs
+5 and 6 and most modded-nanogpt records were architecture changes). Results of the two divisions are
+ranked apart.
+
+The open division's model (BuildModel, `build_model(plan, device, compute_dtype)`): an initialised
+torch.nn.Module on `device`, built only from `plan` (`plan.model_config` has the track's vocab_size and
+sequence_len and the shape dials; `compute_dtype` is the activation dtype, bf16 on GPUs), with the
+baseline's calling convention: `model(idx)` -> fp32 logits (B, T, vocab_size), `model(idx, targets)` ->
+the mean loss (targets -1 ignored), `model(idx, targets, loss_reduction="none")` -> per-token losses
+(B, T), for any T up to sequence_len (chat generates token by token with `model(idx)`), each position
+seeing only the tokens up to it in its own row. The eval scores the cross-entropy of `model(idx)`'s
+logits with frozen code, so what the model reports as its loss never reaches the metric (the trainer
+minimises it). Without build_optimizer an open model trains with
+`submissions.param_groups.open_optimizer` (Muon for every matrix, AdamW for the rest, the baseline's
+groups where the names are the baseline's). The plan's FLOPs and parameter counts (MFU, the ratio
+horizon) are the baseline model's at those dials.
 
 Enforced here (refused before training, with one line that names the problem and the fix):
 - `load_submission` (cheap, in every process): it imports; METADATA has its keys; CONFIG sets only
-  allowed TrainConfig fields with values of the field's type; the hooks are callables; KERNELS names
-  only known operations; no name is a near-miss of a hook (`build_optimiser` would silently be ignored).
+  allowed TrainConfig fields (the architecture dials only in the open division) with values of the
+  field's type; the hooks are callables (build_model takes (plan, device, compute_dtype)); KERNELS names
+  only known operations, and only orthogonalize in the open division; no name is a near-miss of a hook
+  (`build_optimiser` would silently be ignored).
 - `check_submission` (`submissions/conformance.py`, a tiny model on CPU, about a second plus any compiling):
   every kernel computes its baseline operation, outputs and input gradients, within KERNEL_SPECS'
   tolerance; the schedule gives finite numbers at every step; the optimizer holds every trainable
-  parameter exactly once and one step trains. The runner calls it once, before the first seed.
+  parameter exactly once and one step trains. An open model also (`submissions/open_conformance.py`):
+  gives logits and losses of the right shapes and dtype, finite; scores the same in two copies and in
+  reverse batch order, its state untouched by the eval; its losses are those of its logits; it is
+  causal, row by row, at any length; it trains a few steps with every parameter moving; it loads its
+  own safetensors checkpoint into a fresh build with the same outputs. The runner calls it once, before
+  the first seed.
 - `check_eval_budget(config, world_size)`: the resolved config scores exactly the track's val tokens.
 Enforced by the harness while the submission runs (harness/guard.py, harness/runner.py; the run ends
 `invalid` with one line; tests/test_trust.py tries each):
@@ -50,7 +83,11 @@ Enforced by the harness while the submission runs (harness/guard.py, harness/run
 - the training process never sees the val or held-out data or the eval bundle (not in its data view;
   reading them is refused), and writes only into its run directory;
 - the final metric is computed in a fresh process that never imports the submission, on a checkpoint
-  the runner pinned by its hash at the last step boundary.
+  the runner pinned by its hash at the last step boundary; in the open division by harness/open_eval.py,
+  which runs the model code copied into the run directory at registration (its hash pinned too), scores
+  the val batches in order and again in reverse (a model that learns or changes during the eval is
+  invalid), checks causality on the val data, and may write only its result, read no training data,
+  open no socket and start no process (tests/test_open_division.py tries each).
 Enforced by the harness and the server: the data, tokenizer, eval bundle and code are hashed into
 every record; the leaderboard re-runs submissions in a sandbox and compares (the decisive check).
 Not enforceable in-process, so rules for reviewers (and why):
@@ -61,14 +98,15 @@ Not enforceable in-process, so rules for reviewers (and why):
   name, a patch that restores itself before the step boundary (the runner's clock still sees its
   effect on time; a re-run in the server's sandbox sees any effect on the result);
 - no state may be carried from one run to another outside the run directory (a machine's other files
-  are not walled off locally; the server's re-run starts from nothing).
+  are not walled off locally; the server's re-run starts from nothing);
+- open division: the model code runs in the eval process, so nothing there is out of its reach, the
+  result it writes included: the eval's checks catch a model that learns, peeks or varies by accident
+  or design of its architecture, not one written to forge its score. Its source is hashed into the
+  record for review, and the server re-runs it in its sandbox.
 """
 
 import difflib
-import importlib.util
 import inspect
-import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -78,10 +116,11 @@ import torch
 
 from baseline import kernels as base
 from baseline.attention import attention
+from baseline.checkpoint import build_model as build_gpt
 from baseline.config import TrainConfig, TrainPlan
-from baseline.gpt import GPT
-from baseline.hooks import Hooks, baseline_optimizer, baseline_schedule
+from baseline.hooks import Hooks, baseline_optimizer, baseline_schedule, import_plugin
 from baseline.optim import MuonAdamW, build_param_groups, polar_express
+from submissions.param_groups import open_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMISSIONS_DIR = REPO / "submissions"
@@ -128,10 +167,10 @@ ALLOWED_OVERRIDES = {
     "compile": "runtime",
 }
 
-FORBIDDEN_OVERRIDES = {
-    "aspect_ratio": "the model's shape derives from --depth; another shape is another architecture (a track change)",
-    "head_dim": "the model's shape derives from --depth; another shape is another architecture (a track change)",
-    "window_pattern": "the attention windows are part of the architecture the eval and server load (a track change)",
+FORBIDDEN_OVERRIDES = {  # in the closed division; OPEN_OVERRIDES lifts the architecture dials in the open one
+    "aspect_ratio": "the model's shape derives from --depth; another shape is another architecture",
+    "head_dim": "the model's shape derives from --depth; another shape is another architecture",
+    "window_pattern": "the attention windows are part of the architecture the eval and server load",
     "max_seq_len": "the track fixes the row length: it shapes the data stream and the rows the eval scores",
     "vocab_size": "the tokenizer is the track's; the trainer takes the vocabulary from it",
     "eval_every": "evaluation is the harness's: when it runs is not the submission's choice",
@@ -140,6 +179,10 @@ FORBIDDEN_OVERRIDES = {
     "save_every": "checkpoint cadence belongs to whoever runs the job (spot instances), not to the recipe",
     "seed": "the harness assigns seeds; choosing them would pick the lucky ones",
 }
+# The architecture dials: forbidden in the closed division (the model is the track's), the submission's in the
+# open one, where they reach build_model through plan.model_config.
+OPEN_OVERRIDES = {"aspect_ratio": "architecture", "head_dim": "architecture", "window_pattern": "architecture"}
+DIVISIONS = ("closed", "open")  # open: the submission defines build_model (the table in the docstring)
 
 
 # ---------------------------------------------------------------------------------------- hooks
@@ -159,9 +202,11 @@ class Schedule(Protocol):
 
 # build_optimizer(model, plan, compute_dtype): every trainable parameter of `model` in exactly one
 # param group, each group with 'initial_lr' (the schedule scales it) and, for Muon groups, kind 'muon'.
-BuildOptimizer = Callable[[GPT, TrainPlan, torch.dtype], torch.optim.Optimizer]
+BuildOptimizer = Callable[[torch.nn.Module, TrainPlan, torch.dtype], torch.optim.Optimizer]
 BuildSchedule = Callable[[TrainPlan], Schedule]
-HOOK_NAMES = ("METADATA", "CONFIG", "build_optimizer", "build_schedule", "KERNELS")
+# build_model(plan, device, compute_dtype): the open division's model, initialised on `device` (see above).
+BuildModel = Callable[[TrainPlan, torch.device | str, torch.dtype], torch.nn.Module]
+HOOK_NAMES = ("METADATA", "CONFIG", "build_optimizer", "build_schedule", "KERNELS", "build_model")
 
 
 @dataclass(frozen=True)
@@ -210,24 +255,35 @@ class Submission:
     build_optimizer: BuildOptimizer | None = None
     build_schedule: BuildSchedule | None = None
     kernels: dict[str, Callable] = field(default_factory=dict)  # validated names of KERNEL_SPECS
+    build_model: BuildModel | None = None  # defined: the open division
+
+    @property
+    def division(self) -> str:
+        return "open" if self.build_model is not None else "closed"
 
     def hooks(self) -> Hooks:
         """The trainer's hooks: the submission's where it has them, the baseline's elsewhere."""
         model_kernels = {k: fn for k, fn in self.kernels.items() if k != "orthogonalize"}
-        build_optimizer = self.build_optimizer or baseline_optimizer
-        if "orthogonalize" in self.kernels:
-            build_optimizer = _muon_adamw_with(self.kernels["orthogonalize"])
         return Hooks(
-            build_optimizer=build_optimizer,
+            build_optimizer=self.build_optimizer
+            or _default_optimizer(self.division, self.kernels.get("orthogonalize")),
             build_schedule=self.build_schedule or baseline_schedule,
             kernels=base.Kernels(**model_kernels),
+            build_model=self.build_model,
         )
 
 
-def _muon_adamw_with(orthogonalize: Callable) -> BuildOptimizer:
+def _default_optimizer(division: str, orthogonalize: Callable | None) -> BuildOptimizer:
+    """The baseline's optimizer (the open division: over open_param_groups), with the submission's orthogonalize."""
+    if division == "closed" and orthogonalize is None:
+        return baseline_optimizer
+    extra = {} if orthogonalize is None else {"orthogonalize": orthogonalize}
+
     def build_optimizer(model, plan, compute_dtype):
+        if division == "open":
+            return open_optimizer(model, plan, compute_dtype, **extra)
         groups = build_param_groups(model, **plan.optimizer_kwargs())
-        return MuonAdamW(groups, compute_dtype=compute_dtype, orthogonalize=orthogonalize)
+        return MuonAdamW(groups, compute_dtype=compute_dtype, **extra)
 
     return build_optimizer
 
@@ -274,10 +330,13 @@ def load_submission(name_or_path: str | Path) -> Submission:
         raise SubmissionError(
             f"{where}: unknown kernel {unknown[0]!r} in KERNELS: the named operations are {sorted(KERNEL_SPECS)}"
         )
-    hooks = {h: getattr(module, h, None) for h in ("build_optimizer", "build_schedule")}
+    hooks = {h: getattr(module, h, None) for h in ("build_optimizer", "build_schedule", "build_model")}
     for hook, fn in (hooks | kernels).items():
         if fn is not None and not callable(fn):
             raise SubmissionError(f"{where}: {hook} is not a function (got {type(fn).__name__}): define it with `def`")
+    division = "open" if hooks["build_model"] is not None else "closed"
+    if division == "open":
+        _check_open_hooks(hooks["build_model"], kernels, where)
     if "orthogonalize" in kernels and hooks["build_optimizer"] is not None:
         raise SubmissionError(
             f"{where} sets both build_optimizer and KERNELS['orthogonalize']: pass your orthogonalize to "
@@ -288,10 +347,34 @@ def load_submission(name_or_path: str | Path) -> Submission:
         path=path,
         source=source,
         metadata=validate_metadata(module.METADATA, where),
-        config_overrides=validate_overrides(_dict(module, "CONFIG", where), where),
+        config_overrides=validate_overrides(_dict(module, "CONFIG", where), where, division),
         kernels=kernels,
         **hooks,
     )
+
+
+def _check_open_hooks(build_model: Callable, kernels: dict, where: str) -> None:
+    if build_model is build_gpt:
+        raise SubmissionError(
+            f"{where}: its build_model is baseline.checkpoint.build_model imported under the hook's name, which "
+            "makes a submission open: import it as another name (from baseline.checkpoint import build_model as "
+            "build_gpt)"
+        )
+    try:
+        inspect.signature(build_model).bind("plan", "device", "compute_dtype")
+    except TypeError as e:
+        raise SubmissionError(
+            f"{where}: build_model cannot be called as build_model(plan, device, compute_dtype) ({e}): give it "
+            "those three parameters"
+        ) from e
+    except ValueError:
+        pass  # a builtin or C callable without a signature: the conformance check calls it
+    model_kernels = sorted(set(kernels) - {"orthogonalize"})
+    if model_kernels:
+        raise SubmissionError(
+            f"{where}: KERNELS[{model_kernels[0]!r}] replaces an operation of the baseline model, which an open "
+            "submission does not train: call your kernel inside build_model's modules and drop it from KERNELS"
+        )
 
 
 def _misspelt_hook(module) -> tuple[str, str] | None:
@@ -308,20 +391,26 @@ def _misspelt_hook(module) -> tuple[str, str] | None:
 
 
 def _import(name: str, source: Path):
-    module_name = "speedrun_submission_" + re.sub(r"\W", "_", name)
-    spec = importlib.util.spec_from_file_location(module_name, source)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look their module up here
     try:
-        spec.loader.exec_module(module)
+        module = import_plugin(name, source)
     except Exception as e:  # noqa: BLE001 -- any error in submission code is reported as one line
-        sys.modules.pop(module_name, None)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise SubmissionError(
             f"submission {name} failed to import: {type(e).__name__}: {detail}; "
             f"run `python {source}` to see the traceback"
         ) from e
     return module
+
+
+def call_plugin(where: str, what: str, fn: Callable, *args, **kwargs):
+    """fn(*args, **kwargs) of submission code; any exception it raises becomes a one-line SubmissionError."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 -- any error in submission code is reported as one line
+        detail = (str(e).strip().splitlines() or [""])[0]
+        raise SubmissionError(
+            f"{where}: {what} raised {type(e).__name__}: {detail}; fix it, then rerun the check"
+        ) from e
 
 
 def _dict(module, attr: str, where: str) -> dict:
@@ -356,16 +445,20 @@ def _items(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def validate_overrides(overrides: dict, where: str) -> dict:
-    """The CONFIG dict, checked field by field against the two tables and the field types."""
+def validate_overrides(overrides: dict, where: str, division: str = "closed") -> dict:
+    """The CONFIG dict, checked field by field against the tables (of the division) and the field types."""
     types = {f.name: f.type for f in fields(TrainConfig)}
+    allowed = {**ALLOWED_OVERRIDES, **(OPEN_OVERRIDES if division == "open" else {})}
     for key, value in overrides.items():
-        if key in FORBIDDEN_OVERRIDES:
-            raise SubmissionError(f"{where}: CONFIG may not set {key!r}: {FORBIDDEN_OVERRIDES[key]}; remove it")
-        if key not in ALLOWED_OVERRIDES:
+        if key in FORBIDDEN_OVERRIDES and key not in allowed:
+            hint = ", or define build_model to enter the open division" if key in OPEN_OVERRIDES else ""
             raise SubmissionError(
-                f"{where}: CONFIG key {key!r} is not a TrainConfig field: "
-                f"the allowed ones are {sorted(ALLOWED_OVERRIDES)}"
+                f"{where}: CONFIG may not set {key!r} in the {division} division: {FORBIDDEN_OVERRIDES[key]}; "
+                f"remove it{hint}"
+            )
+        if key not in allowed:
+            raise SubmissionError(
+                f"{where}: CONFIG key {key!r} is not a TrainConfig field: the allowed ones are {sorted(allowed)}"
             )
         if not _has_type(value, types[key]):
             kind = getattr(types[key], "__name__", str(types[key]))

@@ -121,7 +121,11 @@ def test_collect_is_one_json_ready_dict(tmp_path):
     assert prov == json.loads(json.dumps(prov))  # JSON-ready as it is
     Provenance.model_validate(prov)  # and it fits the record's schema
     assert prov["code"]["baseline"] == tree_hash(REPO / "baseline")
-    assert prov["submission"] == {"name": "submission", "hash": tree_hash(sub)}  # a name and a hash, no path
+    assert prov["submission"] == {
+        "name": "submission",
+        "hash": tree_hash(sub),
+        "division": "closed",
+    }  # a name and a hash, no path
     assert prov["tokenizer"] == tree_hash(tok, include=("*",))
     assert prov["data"] == {"fingerprint": data_fingerprint(files), "num_files": 2, "bytes": 2001}
     given = provenance.collect(data_files=files, data_hash="f" * 64, config={}, seed=0)
@@ -154,10 +158,14 @@ def test_environment_reports_gpus_when_cuda_is_there(monkeypatch):
 
 def test_submission_ref_names_and_hashes_what_was_run(tmp_path):
     folder = REPO / "submissions" / "cosine_schedule"
-    assert provenance.submission_ref(folder) == {"name": "cosine_schedule", "hash": folder_or_file_hash(folder)}
+    assert provenance.submission_ref(folder) == {
+        "name": "cosine_schedule",
+        "hash": folder_or_file_hash(folder),
+        "division": "closed",
+    }
     single = tmp_path / "fast_muon.py"
     single.write_text("x = 1\n")
-    assert provenance.submission_ref(single) == {"name": "fast_muon", "hash": file_sha256(single)}
+    assert provenance.submission_ref(single) == {"name": "fast_muon", "hash": file_sha256(single), "division": "closed"}
 
 
 def test_shards_hash_goes_through_the_machines_hash_cache(tmp_path, monkeypatch):

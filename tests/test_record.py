@@ -69,7 +69,7 @@ def test_a_record_round_trips_through_its_file(tmp_path):
 def test_a_schema_1_record_still_loads_without_its_machine_paths():
     record = parse_record(json.loads(json.dumps(V1)))
     assert record.schema_version == 2 and record.result.val_bpb == 2.4029 and record.timing.steps == 40
-    assert record.submission.model_dump() == {"name": "baseline", "hash": None}
+    assert record.submission.model_dump() == {"name": "baseline", "hash": None, "division": "closed"}
     assert "/somewhere" not in record.model_dump_json()
 
 

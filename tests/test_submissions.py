@@ -2,7 +2,8 @@
 
 The conformance tests run on each folder: it imports with its metadata, its README has the reviewers'
 sections, its optimizer covers every parameter once, its schedule is finite, its kernels compute the
-baseline's functions, and one short training run on CPU leaves a checkpoint the baseline model loads.
+baseline's functions, and one short training run on CPU leaves a checkpoint the baseline model loads (an
+open-division submission's: one its own code loads, and the baseline's refuses; tests/test_open_division.py).
 The refusal tests write deliberately broken submissions to tmp_path, one per rule.
 """
 
@@ -19,15 +20,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from baseline.checkpoint import build_model, load_state_into, load_weights, read_meta
+from baseline.checkpoint import build_model, load_model, load_state_into, load_weights, read_meta
 from baseline.config import TrainConfig
 from baseline.device import init_runtime
 from baseline.hooks import baseline_optimizer, baseline_schedule
 from baseline.train import train
+from eval.open_model import load_open_model
+from protocol.hashing import folder_or_file_hash
 from protocol.record import EXIT_INVALID, RunSpec, write_spec
 from submissions import SubmissionError, check_submission, load_submission
 from submissions.conformance import CHECKED_KINDS, check_kernels, check_optimizer, check_plan, check_schedule
-from submissions.contract import ALLOWED_OVERRIDES, FORBIDDEN_OVERRIDES, KERNEL_SPECS, check_eval_budget
+from submissions.contract import ALLOWED_OVERRIDES, FORBIDDEN_OVERRIDES, KERNEL_SPECS, OPEN_OVERRIDES, check_eval_budget
 from submissions.scaffold import scaffold
 from tests.conftest import GOLDEN, PRETRAIN, REPO
 from tests.test_train import TINY as TRAIN_TINY
@@ -44,6 +47,7 @@ def loaded(name: str):
 
 def test_the_examples_are_all_here():
     assert {"baseline", "muon_newton_schulz", "cosine_schedule", "fused_kernels"} <= set(SUBMISSIONS)
+    assert {"unet_skips", "attention_gate"} <= set(SUBMISSIONS)  # the open division's
 
 
 # ---------------------------------------------------------------------------------------- conformance
@@ -54,7 +58,9 @@ def test_submission_imports_with_metadata(name):
     sub = loaded(name)
     assert sub.name == name and sub.path == REPO / "submissions" / name
     assert sub.metadata["authors"] and sub.metadata["description"]
-    assert set(sub.config_overrides) <= set(ALLOWED_OVERRIDES)
+    assert set(sub.config_overrides) <= set(ALLOWED_OVERRIDES) | (
+        set(OPEN_OVERRIDES) if sub.division == "open" else set()
+    )
 
 
 @pytest.mark.parametrize("name", SUBMISSIONS)
@@ -84,7 +90,8 @@ def test_kernels_compute_the_baseline_functions(name):
 @pytest.mark.parametrize("name", SUBMISSIONS)
 def test_trains_on_cpu_into_a_checkpoint_the_baseline_loads(name, tmp_path, golden, pretrain_dir):
     sub = loaded(name)
-    recipe = {k: v for k, v in sub.config_overrides.items() if ALLOWED_OVERRIDES[k] in CHECKED_KINDS}
+    recipe = {k: v for k, v in sub.config_overrides.items() if (ALLOWED_OVERRIDES | OPEN_OVERRIDES)[k] in CHECKED_KINDS}
+    open_meta = {"division": "open", "submission": {"name": name, "hash": folder_or_file_hash(sub.path)}}
     result = train(
         replace(TINY, **recipe),
         init_runtime("cpu"),
@@ -93,8 +100,14 @@ def test_trains_on_cpu_into_a_checkpoint_the_baseline_loads(name, tmp_path, gold
         out_dir=tmp_path,
         hooks=sub.hooks(),
         log=lambda _msg: None,
+        checkpoint_meta=open_meta if sub.division == "open" else None,
     )
     assert result.status == "completed" and result.step == 1 and math.isfinite(result.final_loss)
+    if sub.division == "open":  # its weights fit its own code, which the open eval runs; the baseline's refuses
+        load_open_model(sub.path, result.checkpoint)
+        with pytest.raises(ValueError, match="open-division model"):
+            load_model(result.checkpoint, tokenizer_dir=GOLDEN / "tokenizer")
+        return
     # No submission code is needed to read the weights back: the architecture is the baseline's.
     from baseline.gpt import GPTConfig
 
