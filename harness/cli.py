@@ -14,6 +14,8 @@
     speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
     speedrun chat-tune RUN_ID                                   # supervised fine-tune into a chat model
     speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
+    speedrun runner --server URL --token T                      # a runner machine: re-run reproduction jobs
+    speedrun reproduce WORK_DIR                                 # one re-run, inside the sandbox (reproducers start it)
 
 `train` runs the same under `torchrun --nproc_per_node=N -m speedrun train ...`.
 """
@@ -40,7 +42,9 @@ from harness.launchers import dispatch
 from harness.launchers.sky import SkyConfig
 from harness.launchers.slurm import SlurmConfig
 from harness.launchers.slurm import status as slurm_status
+from harness.reproduce import reproduce
 from harness.runner import execute, follow, plan_campaign, register, resume, run
+from harness.runner_machine import serve_jobs
 from harness.submit import submit
 from protocol import stats
 from protocol.record import (
@@ -322,6 +326,17 @@ def _submit(args):
         print(json.dumps(r))
 
 
+def _reproduce(args):
+    run_dir = reproduce(args.work_dir)
+    record = read_record(run_dir)
+    print(f"re-run {record.run_id}: {record.status}")
+
+
+def _runner(args):
+    n = serve_jobs(args.server, args.token, name=args.name, once=args.once, work_root=args.work_dir)
+    print(f"runner: {n} reproduction jobs done")
+
+
 def _add_seed_arguments(p):
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (runs)")
     p.add_argument("--first-seed", type=int, default=42, help="seeds are first-seed, first-seed+1, ...")
@@ -475,6 +490,20 @@ def add_commands(sub) -> None:
     p.add_argument("--link", default="", help="a link to the submission's code or write-up")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser(
+        "runner", help="a runner machine: take reproduction jobs from a leaderboard, re-run in a sandbox"
+    )
+    p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", required=True, help="a runner token (`speedrun token create NAME --runner`)")
+    p.add_argument("--name", default=None, help="how the board names this machine (default: its hostname)")
+    p.add_argument("--once", action="store_true", help="take the jobs there are now, then exit")
+    p.add_argument("--work-dir", type=Path, default=None, help="where re-runs work (default: a temporary dir)")
+    p.set_defaults(func=_runner)
+
+    p = sub.add_parser("reproduce", help="re-run a reproduction's work dir (inside the sandbox; reproducers start it)")
+    p.add_argument("work_dir", type=Path, help="holds order.json and source.tar")
+    p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("eval", help="CORE and bits per byte of a checkpoint")
     add_eval_arguments(p)

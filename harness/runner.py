@@ -58,6 +58,7 @@ from protocol.record import (
     write_record,
     write_spec,
 )
+from protocol.source import SOURCE_FILE, check_source, pack_source
 from protocol.timing import clock_check, last_per_step, nanochat_seconds, timed_seconds
 from protocol.tracks import Track, beats
 from submissions.contract import SUBMISSIONS_DIR, SubmissionError, check_eval_budget
@@ -517,6 +518,7 @@ def register(
 ) -> tuple[Campaign, list[Path]]:
     """Prepare the track and write every seed's run directory (status registered) and the campaign file."""
     campaign, plugin = plan_campaign(track, submission, seeds, campaign_id)
+    source = packed_source(plugin.path, campaign.submission)
     reasons = preflight(track, nproc, 1)
     if reasons and not unofficial:
         raise Preflight(f"{'; '.join(reasons)}: run on the track's hardware, or pass --unofficial to run anyway")
@@ -561,6 +563,7 @@ def register(
             checkpoint_every_s=checkpoint_every_s,
         )
         write_spec(run_dir, spec)
+        (run_dir / SOURCE_FILE).write_bytes(source)
         record = RunRecord(
             run_id=run_dir.name,
             status="registered",
@@ -608,6 +611,15 @@ def plan_campaign(
     campaign = Campaign(campaign_id=campaign_id, created=now_iso(), track=track_ref, submission=submission_ref,
                         seeds=seeds, run_ids=[f"{campaign_id}-s{seed}" for seed in seeds])  # fmt: skip
     return campaign, plugin
+
+
+def packed_source(path: Path, ref: SubmissionRef) -> bytes:
+    """source.tar of the submission (protocol/source.py), checked to hold exactly the files its recorded hash covers:
+    what an upload carries and the leaderboard re-runs."""
+    source = pack_source(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        check_source(source, Path(scratch) / "source", name=ref.name, expected=ref.hash)
+    return source
 
 
 def _relative(path: Path, run_dir: Path) -> str:

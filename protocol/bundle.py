@@ -7,6 +7,9 @@ Members (flat names; the .tar.gz holds the same names at its top level):
     model.safetensors  the final checkpoint's weights (the server reads them with safetensors only)
     meta.json          the final checkpoint's meta (model_config, ...)
     train.log          optional: the run's log, offered for download
+    source.tar         the submission's files (protocol/source.py), packed when the run was registered: the
+                       server checks they hash to the record's submission hash, and re-runs them (required
+                       on a track that reproduces its runs)
 
 A bundle is named by `bundle_sha256`: the sha256 over the sorted `name sha256(member)` lines, so the
 same files always give the same bundle however they were packed.
@@ -16,9 +19,10 @@ import hashlib
 from pathlib import Path
 
 from protocol.record import RECORD_FILE, RunRecord
+from protocol.source import SOURCE_FILE
 
 REQUIRED = (RECORD_FILE, "events.jsonl", "telemetry.jsonl", "model.safetensors", "meta.json")
-OPTIONAL = ("train.log",)
+OPTIONAL = ("train.log", SOURCE_FILE)
 MEMBERS = REQUIRED + OPTIONAL
 
 
@@ -32,6 +36,7 @@ def member_paths(run_dir: Path, record: RunRecord) -> dict[str, Path]:
         "model.safetensors": checkpoint / "model.safetensors",
         "meta.json": checkpoint / "meta.json",
         "train.log": run_dir / (record.files.log or "train.log"),
+        SOURCE_FILE: run_dir / SOURCE_FILE,
     }
 
 

@@ -48,7 +48,7 @@ def tree_hash(
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory: pass the package or submission folder to hash")
     h = hashlib.sha256()
-    for rel in sorted(_tree_files(root, include, exclude)):
+    for rel in sorted(tree_files(root, include=include, exclude=exclude)):
         h.update(f"{rel}\0{file_sha256(root / rel)}\n".encode())
     return h.hexdigest()
 
@@ -65,7 +65,8 @@ def folder_or_file_hash(path: str | os.PathLike) -> str:
     return tree_hash(path, include=ALL_FILES, exclude=NOT_CONTENT) if path.is_dir() else file_sha256(path)
 
 
-def _tree_files(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+def tree_files(root: Path, *, include: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+    """The relative paths (posix) of the files tree_hash covers, in walk order."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not _matches(d, exclude)]  # prune, do not descend
