@@ -131,6 +131,8 @@ def compare(claim: Claim, result: ReproduceResult, rule: Reproduce) -> Verdict:
                        f"{str(claim.submission_hash)[:12]}…")  # fmt: skip
     if result.run_status == "diverged":
         reasons.append("the re-run diverged; the claimed run completed")
+    if result.run_error and result.run_status == "completed":  # the harness left unreadable files: tampered with
+        reasons.append(f"the re-run's files could not be read back: {result.run_error}")
     loss_problems, losses = _loss_problems(claim, result, rule.loss_abs_tolerance)
     reasons += loss_problems
     value = result.metric_value

@@ -24,11 +24,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+import sandbox
 from harness import runner
 from harness.submit import pack
-from leaderboard import comparison
+from leaderboard import comparison, reproduction
 from leaderboard.app import create_app
-from leaderboard.models import Reproduction
+from leaderboard.models import Registration, Reproduction, Run, TrackRow, Verification
 from leaderboard.settings import Settings, TrackResources
 from leaderboard.tokens import create_token
 from leaderboard.verifier import verify_worker
@@ -37,7 +38,7 @@ from protocol.tracks import Reproduce, load_track
 from sandbox import available
 from tests.conftest import PRETRAIN, REPO
 from tests.leaderboard_fixtures import serve_in_thread
-from tests.reproduction_fixtures import reproduce_table, reproducing_env, with_source
+from tests.reproduction_fixtures import SUBMISSION, reproduce_table, reproducing_env, with_source
 from tests.test_harness import TINY_TRACK
 from tests.test_leaderboard_api import db_url, golden_bundles, upload  # noqa: F401 -- shared fixtures
 
@@ -81,6 +82,7 @@ def test_an_identical_rerun_is_reproduced_with_its_evidence():
         (rerun(train_time_s=40.0, wall_s=60.0), "the re-run took 4.00x the claimed timed seconds"),
         (rerun(train_time_s=40.0, wall_s=20.0), "the sandbox ran only 20.0 s"),
         (rerun(clock_ok=False, clock_detail="the steps claim 1 s"), "own clocks disagree"),
+        (rerun(run_error="events.jsonl line 3 does not fit", steps=0, losses=[]), "could not be read back"),
     ],
 )
 def test_each_difference_disputes_the_claim(result, why):
@@ -204,6 +206,48 @@ def test_an_admin_requeues_a_rerun_that_ended_in_error(tmp_path, golden_bundles,
     assert r.status_code == 200 and r.json()["status"] == "pending" and r.json()["attempts"] == 0
 
 
+def test_without_bubblewrap_weights_are_verified_and_nothing_is_rerun(tmp_path, golden_bundles, monkeypatch):  # noqa: F811
+    why = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+    monkeypatch.setattr(sandbox, "available", lambda: why)
+    env = reproducing_env(tmp_path / "lb", by="server")
+    assert upload(env, with_source(golden_bundles["r1"], tmp_path / "r1"), env.alice).status_code == 201
+    assert verify_worker(once=True, settings=env.settings) == 1  # the rlimited child verified it; no re-run
+    run = env.client.get("/api/runs/r1").json()
+    assert run["verification"] == "verified" and run["reproduction"] == "pending"
+    assert f"this server cannot re-run submissions: {why}" in env.client.get("/runs/r1").text
+    [row] = env.client.get("/api/tracks/golden/leaderboard").json()
+    assert row["n_reproduce_needed"] == 1 and row["n_reproduced"] == 0 and row["rank"] is None
+
+
+def test_the_rerun_is_chosen_at_random_once_the_campaign_is_in(tmp_path, golden_bundles):  # noqa: F811
+    env = reproducing_env(tmp_path / "lb", by="runners")
+    for name in ("r0", "r1", "r2"):
+        assert upload(env, with_source(golden_bundles[name], tmp_path / name), env.alice).status_code == 201
+    r = env.client.post("/api/registrations", json={"track": "golden", "submission": SUBMISSION, "seeds": [7]},
+                        headers=env.auth(env.alice))  # fmt: skip
+    assert r.status_code == 201
+    with Session(env.client.app.state.engine) as session:
+        for v in session.exec(select(Verification)).all():  # as the verifier would have found them
+            v.status, v.recomputed_val_bpb, v.recomputed_train_time_s = "verified", 6.3, 10.0
+            session.add(v)
+        session.commit()
+        runs = session.exec(select(Run).order_by(Run.id)).all()
+        track = session.get(TrackRow, runs[0].track_id)
+        assert reproduction.maybe_queue(session, run=runs[0], track=track) == []  # seed 7 is still due: wait
+        registration = session.exec(select(Registration)).one()
+        registration.deadline = registration.created_at  # it never came: a miss, and the choice goes ahead
+        session.add(registration)
+        session.commit()
+        picked = set()
+        for _ in range(20):
+            [job] = reproduction.maybe_queue(session, run=runs[0], track=track)
+            assert reproduction.maybe_queue(session, run=runs[0], track=track) == []  # the quota is 1
+            picked.add(job.run_pk)
+            session.delete(job)
+            session.commit()
+        assert len(picked) > 1 and picked <= {r.id for r in runs}, picked  # not always the first
+
+
 # ------------------------------------------------------------------ end to end on real runs
 
 needs_sandbox = pytest.mark.skipif(available() is not None, reason=str(available()))
@@ -229,6 +273,7 @@ def tiny(tmp_path_factory, pretrain_dir):
 
 
 def server(tiny, directory: Path, **overrides) -> SimpleNamespace:
+    directory.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         database_url=f"sqlite:///{directory / 'lb.db'}",
         storage_dir=directory / "storage",
