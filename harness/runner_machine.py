@@ -51,6 +51,10 @@ TIMEOUT_S = 120.0  # one API call
 class RunnerError(RuntimeError):
     """The server refused a call; the message carries its status and detail."""
 
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
 
 class Server:
     """The leaderboard's runner API, as this machine's token sees it."""
@@ -65,7 +69,9 @@ class Server:
                 detail = response.json().get("detail")
             except ValueError:
                 detail = response.text[:500]
-            raise RunnerError(f"{method} {path}: the server answered {response.status_code}: {detail}")
+            raise RunnerError(
+                response.status_code, f"{method} {path}: the server answered {response.status_code}: {detail}"
+            )
         return response
 
     def register(self, name: str, machine: Machine) -> int:
@@ -85,7 +91,7 @@ class Server:
             self.call("POST", f"/api/runners/{runner_id}/jobs/{job_id}/heartbeat", json={"progress": progress_note})
         except RunnerError as e:
             log.warning("job %s: %s", job_id, e)
-            return " 403:" not in str(e) and " 409:" not in str(e)  # a network hiccup keeps the re-run going
+            return e.status not in (403, 404, 409)  # not this machine's any more: cancel; else keep going
         except requests.RequestException as e:
             log.warning("job %s: heartbeat failed (%s); the lease runs on", job_id, e)
         return True
@@ -160,7 +166,11 @@ def serve_jobs(
     runner_id = server.register(name or socket.gethostname(), this_machine())
     done = 0
     while True:
-        job = server.claim(runner_id)
+        try:
+            job = server.claim(runner_id)
+        except requests.RequestException as e:  # the server is away for a moment: ask again later
+            log.warning("runner: cannot reach %s (%s)", server_url, e)
+            job = None
         if job is None:
             if once:
                 return done
@@ -170,6 +180,6 @@ def serve_jobs(
         try:
             answer = server.post_result(runner_id, job.job_id, result)
             log.info("job %s: the server says %s", job.job_id, answer.get("status"))
-        except RunnerError as e:  # the lease expired meanwhile: the job is someone else's now
-            log.warning("job %s: result refused: %s", job.job_id, e)
+        except (RunnerError, requests.RequestException) as e:  # the lease expired meanwhile, or the server is away:
+            log.warning("job %s: result not taken: %s", job.job_id, e)  # the job returns to the queue either way
         done += 1
