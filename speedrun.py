@@ -9,7 +9,10 @@ This module only mounts the two sides' subcommands and turns bad input into one 
 import argparse
 import sys
 
+import requests
+
 from harness import cli as runner_cli
+from harness.submit import SubmitError
 from leaderboard import cli as service_cli
 
 
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, SubmitError, requests.ConnectionError) as e:
         # Bad input: one line that names the problem and the fix, no traceback.
         print(f"speedrun: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,6 @@
 """Chat tuning: a short supervised fine-tune that turns a base run into a chat model, written as a child run.
 
-    speedrun chat-tune RUN [--data-dir ../shared/data/chat] [--steps 300]   # chat_tune(run_dir, ...)
+    speedrun chat-tune RUN [--data-dir ../shared/data/chat] [--steps 40]    # chat_tune(run_dir, ...)
     speedrun data chat --out DIR [--url URL | --local-path FILE]            # fetch_chat_data(DIR, ...)
 
 Data: `train.jsonl` / `val.jsonl` of `{"messages": [{"role": "user"|"assistant", "content": ...}, ...]}`
@@ -8,7 +8,9 @@ Data: `train.jsonl` / `val.jsonl` of `{"messages": [{"role": "user"|"assistant",
 tokenizer's special tokens (`baseline.engine.render_conversation`: <|bos|><|user_start|>…<|user_end|>
 <|assistant_start|>…<|assistant_end|>) and the loss is taken on assistant tokens only (the others get
 target -1). The optimizer is the baseline's MuonAdamW at `lr_frac` of the base learning rates, no
-weight decay, decayed linearly to 0 (as nanochat's chat_sft). Untimed.
+weight decay, decayed linearly to 0 (as nanochat's chat_sft). Untimed. Conversations are drawn in a
+seeded random order and tokenized only when drawn. On a GPU the defaults are nanochat-sized (300 steps
+of 16 conversations); on a CPU they are `CPU_CONFIG`, a tune of under two minutes on 2 cores.
 
 The result is a child run `<runs_dir>/<parent>-chat-<UTC time>/`: record.json (the parent's record
 with `parent_run_id`, `chat_tune` and the val assistant loss before/after; official false),
@@ -20,12 +22,14 @@ the Hugging Face Hub by default): resumable (HTTP Range on a `.part` file), chec
 or taken from a local path; then converted to the messages format and split like shared/data/chat.
 """
 
+import itertools
 import json
 import math
 import os
 import random
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +56,15 @@ class ChatTuneConfig:
     lr_frac: float = 0.1  # of the base run's default learning rates
     seed: int = 0
     eval_conversations: int = 64  # of val.jsonl, for the assistant loss before and after
+
+
+# A CPU tune: ~80 k tokens instead of ~2.5 M, under two minutes for the cpu-books d4 model on 2 cores
+# (~3.5 k tokens/s); short answers are what such a model can learn anyway.
+CPU_CONFIG = ChatTuneConfig(steps=40, batch_size=8, seq_len=256, eval_conversations=32)
+
+
+def default_config(device: str) -> ChatTuneConfig:
+    return CPU_CONFIG if torch.device(device).type == "cpu" else ChatTuneConfig()
 
 
 # ------------------------------------------------------------------ data
@@ -85,9 +98,17 @@ def make_batch(conversations: list[list[dict]], tokenizer, seq_len: int) -> tupl
     return inputs, targets
 
 
-def trainable(conversations, tokenizer, seq_len: int) -> list[list[dict]]:
-    """Conversations with at least one assistant token left after cutting to seq_len + 1 tokens."""
-    return [c for c in conversations if any(render_conversation(tokenizer, c, max_tokens=seq_len + 1)[1][1:])]
+def trainable(conversations: Iterable, tokenizer, seq_len: int) -> Iterator[list[dict]]:
+    """Conversations with at least one assistant token left after cutting to seq_len + 1 tokens, tokenized
+    one at a time as they are asked for (a short tune renders only what it uses)."""
+    return (c for c in conversations if any(render_conversation(tokenizer, c, max_tokens=seq_len + 1)[1][1:]))
+
+
+def draws(conversations: list, tokenizer, seq_len: int, seed: int) -> Iterator[list[dict]]:
+    """Trainable conversations in a seeded random order, every one once per pass, reshuffled each pass."""
+    order = random.Random(seed)
+    while True:
+        yield from trainable(order.sample(conversations, len(conversations)), tokenizer, seq_len)
 
 
 @torch.no_grad()
@@ -127,7 +148,7 @@ def chat_tune(
     log=print,
 ) -> Path:
     """Fine-tune the final checkpoint of `run_dir` on data_dir's conversations; returns the child run dir."""
-    config = config or ChatTuneConfig()
+    config = config or default_config(device)
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     for split in ("train", "val"):
         if not (data_dir / f"{split}.jsonl").is_file():
@@ -140,12 +161,15 @@ def chat_tune(
     ckpt = _parent_checkpoint(run_dir, parent)
     dev = torch.device(device)
     model, tokenizer, meta = load_model(ckpt, dev, compute_dtype(dev), tokenizer_dir)
-    seq_len = config.seq_len or model.config.sequence_len
+    seq_len = min(config.seq_len or model.config.sequence_len, model.config.sequence_len)  # cut to what it can see
 
-    train = trainable(read_conversations(data_dir / "train.jsonl"), tokenizer, seq_len)
-    val = trainable(read_conversations(data_dir / "val.jsonl"), tokenizer, seq_len)[: config.eval_conversations]
-    if not train or not val:
-        raise ValueError(f"{data_dir} has no conversation with an assistant turn within {seq_len} tokens")
+    train = read_conversations(data_dir / "train.jsonl")
+    val = list(itertools.islice(trainable(read_conversations(data_dir / "val.jsonl"), tokenizer, seq_len),
+                                config.eval_conversations))  # fmt: skip
+    if not val or next(trainable(train, tokenizer, seq_len), None) is None:
+        raise ValueError(
+            f"{data_dir} has no conversation with an assistant turn within {seq_len} tokens: pass a longer --seq-len"
+        )
 
     child = Path(runs_dir or run_dir.parent) / f"{parent.run_id}-chat-{time.strftime('%Y%m%dT%H%M%S')}"
     child.mkdir(parents=True)
@@ -180,8 +204,8 @@ def chat_tune(
     try:
         info.val_loss_before = assistant_loss(model, tokenizer, val, seq_len)
         log(
-            f"chat-tune {parent.run_id}: val assistant loss {info.val_loss_before:.4f} before, "
-            f"{len(train)} conversations"
+            f"chat-tune {parent.run_id}: val assistant loss {info.val_loss_before:.4f} before; "
+            f"{config.steps} steps of {config.batch_size} conversations (≤ {seq_len} tokens) from {len(train)}"
         )
         with open(child / record.files.events, "w") as events:
             _train(model, tokenizer, train, seq_len, config, events, log)
@@ -206,7 +230,8 @@ def chat_tune(
     return child
 
 
-def _train(model, tokenizer, train, seq_len: int, config: ChatTuneConfig, events, log) -> None:
+def _train(model, tokenizer, train, seq_len: int, config: ChatTuneConfig, events, log, every_s: float = 10.0) -> None:
+    """The tune itself; a progress line every `every_s` seconds (and at the first and last step)."""
     base = TrainConfig()
     groups = build_param_groups(
         model,
@@ -217,11 +242,12 @@ def _train(model, tokenizer, train, seq_len: int, config: ChatTuneConfig, events
         scalar_lr=base.scalar_lr * config.lr_frac,
     )
     optimizer = MuonAdamW(groups, compute_dtype=model.compute_dtype)
-    order = random.Random(config.seed)
+    stream = draws(train, tokenizer, seq_len, config.seed)
     device = model.cos.device
     model.train()
+    t0 = last_line = time.monotonic()
     for step in range(config.steps):
-        batch = order.sample(train, min(config.batch_size, len(train)))
+        batch = list(itertools.islice(stream, config.batch_size))
         x, y = make_batch(batch, tokenizer, seq_len)
         loss = model(x.to(device), targets=y.to(device))
         loss.backward()
@@ -233,8 +259,11 @@ def _train(model, tokenizer, train, seq_len: int, config: ChatTuneConfig, events
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"chat-tune loss is {loss.item()} at step {step}: lower --lr-frac")
         events.write(json.dumps({"event": "step", "step": step, "loss": loss.item(), "lr_multiplier": lrm}) + "\n")
-        if step % 50 == 0 or step == config.steps - 1:
-            log(f"chat-tune step {step:5d}/{config.steps} loss {loss.item():.4f}")
+        now = time.monotonic()
+        if step == 0 or step == config.steps - 1 or now - last_line >= every_s:
+            last_line = now
+            eta_s = (now - t0) / (step + 1) * (config.steps - step - 1)
+            log(f"chat-tune step {step + 1}/{config.steps} | loss {loss.item():.4f} | ETA {eta_s:.0f}s")
 
 
 # ------------------------------------------------------------------ fetching a public conversation set

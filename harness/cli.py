@@ -11,9 +11,11 @@
     speedrun run baseline --track cpu-books --seeds 3           # a full run: data, train, eval, record
     speedrun resume RUN_ID                                      # continue a killed/preempted run
     speedrun stats RUN...                                       # mean ± std and the record p-value
+    speedrun compare baseline my_idea                           # two campaigns: difference, Welch's t-test
     speedrun track calibrate cpu-books --seeds 3                # set a track's target from baseline runs
     speedrun chat-tune RUN_ID                                   # supervised fine-tune into a chat model
     speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
+    speedrun board runs/RUN...                                  # a local board: serve, submit, verify, chat
     speedrun runner --server URL --token T                      # a runner machine: re-run reproduction jobs
     speedrun reproduce WORK_DIR                                 # one re-run, inside the sandbox (reproducers start it)
 
@@ -22,12 +24,14 @@
 
 import contextlib
 import json
+import os
 import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from baseline import config as train_config
+from baseline.checkpoint import latest_checkpoint, read_meta
 from baseline.dataset import download_shards
 from baseline.device import destroy_runtime, init_runtime
 from baseline.tokenizer import train_from_shards
@@ -37,16 +41,19 @@ from eval.run import add_arguments as add_eval_arguments
 from eval.run import main as eval_main
 from harness import verdicts
 from harness.calibrate import calibrate
-from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, fetch_chat_data
+from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, default_config, fetch_chat_data
 from harness.launchers import dispatch
 from harness.launchers.sky import SkyConfig
 from harness.launchers.slurm import SlurmConfig
 from harness.launchers.slurm import status as slurm_status
+from harness.local_board import board
 from harness.reproduce import reproduce
 from harness.runner import execute, follow, plan_campaign, register, resume, run
 from harness.runner_machine import serve_jobs
-from harness.submit import submit
+from harness.submit import register_campaign, submit
+from harness.trackers import TRACKERS, EventTee, open_tracker, require
 from protocol import stats
+from protocol.events import drop_from_step
 from protocol.record import (
     CAMPAIGNS_DIR,
     EXIT_DIVERGED,
@@ -76,11 +83,16 @@ def _tokenizer_train(args):
 
 def _train(args):
     config = train_config.from_args(args)
+    if args.log_to:
+        require(args.log_to)
     runtime = init_runtime(args.device, seed=config.seed)
+    tracker, result = None, None
     try:
         val_bpb = val_bpb_evaluator(
             args.tokenizer, args.data_dir, config.device_batch_size, config.max_seq_len, config.eval_tokens, runtime
         )
+        if args.log_to and runtime.is_master:
+            tracker = open_tracker(args.log_to, name=args.out.name, config=asdict(config), directory=args.out)
         result = train(
             config,
             runtime,
@@ -90,6 +102,7 @@ def _train(args):
             resume=args.resume,
             stop_after_step=args.max_steps,
             val_bpb_fn=val_bpb,
+            events_stream=_tee(args.out, args.resume, tracker) if tracker else None,
         )
         if runtime.is_master:
             print(
@@ -97,9 +110,22 @@ def _train(args):
                 f"val bpb {result.val_bpb}, {result.tokens_per_s:,.0f} tok/s"
             )
     finally:
+        if tracker is not None:
+            summary = {"status": "failed"} if result is None else {
+                k: getattr(result, k) for k in ("status", "step", "train_time_s", "val_bpb", "tokens_per_s", "mfu")
+            }  # fmt: skip
+            tracker.finish(summary)
         destroy_runtime()
     if result.status == "diverged":
         sys.exit(EXIT_DIVERGED)
+
+
+def _tee(out_dir: Path, resume: bool, tracker) -> EventTee:
+    """events.jsonl as the trainer keeps it (a resume first drops the steps it will run again), teed to the tracker."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (ckpt := latest_checkpoint(out_dir / "checkpoints")) is not None:
+        drop_from_step(out_dir / "events.jsonl", read_meta(ckpt)["step"])
+    return EventTee(out_dir / "events.jsonl", tracker)
 
 
 def _eval(args):
@@ -111,6 +137,7 @@ def _tracks(args):
 
 
 DEFAULT_CHECKPOINT_MIN = {"cuda": 30.0, "cpu": None}  # GPU runs are long and often on preemptible machines
+NEEDS_TOKEN = "needs --token (or $SPEEDRUN_TOKEN): `speedrun token create NAME` on the server makes one"
 FOLLOWER_WAIT_S = 600  # how long another node waits for node 0 to register a multi-node run
 
 
@@ -122,11 +149,14 @@ def _run(args):
     track = load_track(args.track)
     every = args.checkpoint_every if args.checkpoint_every is not None else DEFAULT_CHECKPOINT_MIN[track.hardware.kind]
     args.checkpoint_every_s = every * 60 if every else None
+    args.registrar = _registrar(args) if args.server else None
     if args.launcher != "local":
         return _launch_elsewhere(args, track)
     # With --json, stdout carries the one JSON object only; what people read goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         run_dirs = _run_seeds(args, track)
+        if args.server:
+            _upload_finished(args, run_dirs)
     records = [read_record(d) for d in run_dirs]
     [campaign_file] = find_campaigns_of([run_dirs[0].name], args.runs_dir)
     campaign = verdicts.run_set(str(campaign_file), args.runs_dir)
@@ -140,6 +170,38 @@ def _run(args):
         sys.exit(f"speedrun: {len(bad)} of {len(run_dirs)} runs did not complete ({bad[0].run_id}: {bad[0].status})")
 
 
+def _registrar(args):
+    """--server: once the local checks pass, the server issues the campaign's name and run ids, before anything
+    runs (every seed counts there)."""
+    if not args.token:
+        raise ValueError(f"--server {NEEDS_TOKEN}")
+    if args.max_steps is not None or args.unofficial or args.campaign_id:
+        flag = "--max-steps" if args.max_steps is not None else "--unofficial" if args.unofficial else "--campaign-id"
+        raise ValueError(f"{flag} with --server: a registered run is an official one the server names; drop one")
+
+    def register_at_server(campaign) -> str:
+        name = campaign.submission.name
+        named = register_campaign(args.server, args.token, track=campaign.track.name, submission=name,
+                                  seeds=campaign.seeds)  # fmt: skip
+        print(f"registered {len(campaign.seeds)} runs of {name} on {args.server} as campaign {named}")
+        return named
+
+    return register_at_server
+
+
+def _upload_finished(args, run_dirs: list[Path]) -> None:
+    """Upload every run that ended (a miss as its record alone). One that can still be resumed (killed,
+    preempted) or never started waits: it is a miss only if it has not arrived by its deadline."""
+    ended = [d for d in run_dirs if read_record(d).status not in ("registered", "running", "preempted", "killed")]
+    submit(ended, args.server, args.token)
+    if len(ended) < len(run_dirs):
+        campaign_id = find_campaigns_of([run_dirs[0].name], args.runs_dir)[0].stem
+        print(
+            f"{len(run_dirs) - len(ended)} runs have not ended: `speedrun resume RUN`, then "
+            f"`speedrun submit {campaign_id} --server {args.server} --token …` before their deadline"
+        )
+
+
 def _launch_elsewhere(args, track):
     """--launcher slurm|sky: register (here for SLURM, on the machines for SkyPilot), submit, note the jobs."""
     if args.launcher == "slurm":
@@ -147,18 +209,23 @@ def _launch_elsewhere(args, track):
         campaign, run_dirs = register(track, args.submission, seeds=_seeds(args), runs_dir=args.runs_dir,
                                       data_dir=args.data_dir, nproc=args.nproc * args.nnodes, max_steps=args.max_steps,
                                       unofficial=args.unofficial, checkpoint_every_s=args.checkpoint_every_s,
-                                      campaign_id=args.campaign_id)  # fmt: skip
+                                      campaign_id=args.campaign_id, registrar=args.registrar)  # fmt: skip
         campaign = dispatch.submit_slurm(campaign, run_dirs, track=args.track, config=config, nodes=args.nnodes,
                                          nproc=args.nproc, time_min=args.time_min, runs_dir=args.runs_dir)  # fmt: skip
     else:
         config = SkyConfig.from_toml(args.sky_config, use_spot=args.spot, cloud=args.cloud, region=args.region)
         campaign, _ = plan_campaign(track, args.submission, _seeds(args), args.campaign_id)
+        if args.registrar:  # the machines register the runs under the server's name
+            named = args.registrar(campaign)
+            campaign, _ = plan_campaign(track, args.submission, _seeds(args), named)
         campaign, _ = dispatch.submit_sky(campaign, submission=args.submission, track=args.track, config=config,
                                           checkpoint_every_min=args.checkpoint_every_s and args.checkpoint_every_s / 60,
                                           runs_dir=args.runs_dir, launch=not args.no_launch)  # fmt: skip
     for run_id, job in campaign.jobs.items():
         print(f"{run_id}: {args.launcher} job {job}")
     print(f"follow them with `speedrun status {campaign.campaign_id}`")
+    if args.server:
+        print(f"when they end: `speedrun submit {campaign.campaign_id} --server {args.server} --token …`")
 
 
 def _execute(args):
@@ -218,6 +285,8 @@ def _run_seeds(args, track):
         unofficial=args.unofficial,
         checkpoint_every_s=args.checkpoint_every_s,
         campaign_id=args.campaign_id,
+        registrar=args.registrar,
+        log_to=args.log_to,
     )
 
 
@@ -286,7 +355,7 @@ def _stats(args):
 
 
 def _compare(args):
-    a, b = verdicts.run_set(args.a, args.runs_dir), verdicts.run_set(args.b, args.runs_dir)
+    a, b = (verdicts.run_set(name, args.runs_dir, args.track) for name in (args.a, args.b))
     track = b.records[0].track
     v = verdicts.verdict(a, b, kind=track.kind, higher_is_better=track.higher_is_better)
     if args.json:
@@ -314,13 +383,20 @@ def _data_chat(args):
 
 
 def _chat_tune(args):
-    config = ChatTuneConfig(**{f.name: getattr(args, f.name) for f in fields(ChatTuneConfig)})
+    given = {f.name: getattr(args, f.name) for f in fields(ChatTuneConfig) if getattr(args, f.name) is not None}
+    config = replace(default_config(args.device), **given)
     child = chat_tune(find_run(args.run, args.runs_dir), data_dir=args.data_dir, device=args.device, config=config)
     print(f"chat model written to {child}")
 
 
 def _submit(args):
-    results = submit([find_run(r, args.runs_dir) for r in args.runs], args.server, args.token,
+    if not args.token:
+        raise ValueError(f"speedrun submit {NEEDS_TOKEN}")
+    ids = []
+    for name in args.runs:  # a campaign stands for all its runs
+        campaign = find_campaign(name, args.runs_dir)
+        ids += read_campaign(campaign).run_ids if campaign else [name]
+    results = submit([find_run(r, args.runs_dir) for r in ids], args.server, args.token,
                      description=args.description, link=args.link)  # fmt: skip
     for r in results:
         print(json.dumps(r))
@@ -337,10 +413,21 @@ def _runner(args):
     print(f"runner: {n} reproduction jobs done")
 
 
+def _board(args):
+    if not board([find_run(r, args.runs_dir) for r in args.runs], track_arg=args.track, data_dir=args.data_dir,
+                 port=args.port, serve=not args.no_serve):  # fmt: skip
+        sys.exit("speedrun: a run was not verified or the chat did not answer: see the lines above")
+
+
 def _add_seed_arguments(p):
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (runs)")
     p.add_argument("--first-seed", type=int, default=42, help="seeds are first-seed, first-seed+1, ...")
     p.add_argument("--seed-list", type=int, nargs="+", default=None, help="explicit seeds instead")
+
+
+def _add_log_to(p):
+    p.add_argument("--log-to", choices=TRACKERS, default=None,
+                   help="also log the step events to an experiment tracker (offline without an account)")  # fmt: skip
 
 
 def add_commands(sub) -> None:
@@ -381,6 +468,7 @@ def add_commands(sub) -> None:
     p.add_argument("--device", choices=["cuda", "cpu", "mps"], default=None, help="default: autodetect")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step (schedule unchanged)")
+    _add_log_to(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("tracks", help="list the tracks with their targets and hardware")
@@ -424,6 +512,11 @@ def add_commands(sub) -> None:
     p.add_argument("--no-launch", action="store_true", help="--launcher sky: build and check the tasks only")
     p.add_argument("--against", default=None, help="campaign, run or submission to compare with (default: the "
                    "track's calibrated baseline)")  # fmt: skip
+    p.add_argument("--server", default=None, help="a leaderboard: register the seeds there first, upload each run "
+                   "as it ends (a failed one is reported: every seed counts)")  # fmt: skip
+    p.add_argument("--token", default=os.environ.get("SPEEDRUN_TOKEN"), help="your API token for --server "
+                   "(default: $SPEEDRUN_TOKEN)")  # fmt: skip
+    _add_log_to(p)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("execute", help="run one registered run (what a SLURM job runs; every node of a multi-node one)")
@@ -455,6 +548,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("compare", help="is B better than A? Welch t-test, effect size with a CI, a verdict")
     p.add_argument("a", help="campaign, run or submission name (the reference)")
     p.add_argument("b", help="campaign, run or submission name (the candidate)")
+    p.add_argument("--track", default=None, help="with submission names: their newest campaigns on this track")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
     p.set_defaults(func=_compare)
@@ -477,19 +571,31 @@ def add_commands(sub) -> None:
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="train.jsonl + val.jsonl")
     p.add_argument("--device", default="cpu")
+    cpu, gpu = default_config("cpu"), ChatTuneConfig()
     for f in fields(ChatTuneConfig):
+        on_cpu, on_gpu = (v if (v := getattr(c, f.name)) is not None else "the model's" for c in (cpu, gpu))
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.default is not None else int,
-                       default=f.default)  # fmt: skip
+                       default=None, help=f"default {on_cpu} on a CPU, {on_gpu} on a GPU")  # fmt: skip
     p.set_defaults(func=_chat_tune)
 
     p = sub.add_parser("submit", help="upload run bundles to a leaderboard server")
-    p.add_argument("runs", nargs="+", help="run ids or run directories")
+    p.add_argument("runs", nargs="+", help="campaign ids, run ids or run directories (a failed run: its record)")
     p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
-    p.add_argument("--token", required=True, help="your API token (`speedrun token create` on the server)")
+    p.add_argument("--token", default=os.environ.get("SPEEDRUN_TOKEN"),
+                   help="your API token (`speedrun token create` on the server; default: $SPEEDRUN_TOKEN)")  # fmt: skip
     p.add_argument("--description", default="")
     p.add_argument("--link", default="", help="a link to the submission's code or write-up")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"))
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser("board", help="put runs on a leaderboard on this machine (verified) and chat with the top model")
+    p.add_argument("runs", nargs="+", help="run ids or run directories (one track)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--track", default=None, help="the runs' track, a name or a .toml file (default: their record's)")
+    p.add_argument("--data-dir", type=Path, default=None, help="the track's shards, for the verifier")
+    p.add_argument("--port", type=int, default=8000, help="the board listens on 127.0.0.1 only")
+    p.add_argument("--no-serve", action="store_true", help="stop the server at the end (scripts, CI)")
+    p.set_defaults(func=_board)
 
     p = sub.add_parser(
         "runner", help="a runner machine: take reproduction jobs from a leaderboard, re-run in a sandbox"

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from baseline.tokenizer import Tokenizer, train_from_shards
 from harness import provenance, telemetry
 from harness.eval_process import read_evaluation
 from harness.event_pipe import EventPipe
+from harness.trackers import Tracker, open_tracker, require
 from harness.trainer_process import EVENTS_PIPE_ENV, read_result
 from protocol.events import CheckpointEvent, StartEvent, StepEvent, drop_from_step, read_events
 from protocol.hashing import file_sha256
@@ -276,15 +278,20 @@ class _Stages:
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
-def execute(run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0, rdzv=None) -> RunRecord:
+def execute(
+    run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0, rdzv=None, log_to: str | None = None
+) -> RunRecord:
     """Warm up, train, evaluate (three processes), watching and stamping; return the finished record (also written).
 
     With several nodes this is node 0's runner; the others run `follow` with the same launch arguments.
+    log_to: an experiment tracker (harness/trackers.py) that gets each step event as it is stamped, then the result.
     """
     spec = read_spec(run_dir)
     env, launch = process_env(run_dir, spec), dict(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
     stages = _Stages()
     progress = _Progress(record.plan["num_iterations"])
+    tracker = _open_tracker(log_to, run_dir, record)
+    on_event = progress.update if tracker is None else lambda e: (progress.update(e), tracker.log_event(e))
     events_path = run_dir / record.files.events
     old_handlers = {s: signal.signal(s, stages.forward) for s in SIGNALS}
     pipe = None
@@ -295,7 +302,7 @@ def execute(run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0,
             if stages.run("warm-up", "harness.warmup", [str(run_dir)], run_dir, env, launch) == 0 and not stages.signal:
                 if spec.resume and (ckpt := latest_checkpoint(run_dir / "checkpoints")) is not None:
                     drop_from_step(events_path, read_meta(ckpt)["step"])
-                pipe = EventPipe(run_dir / "events.fifo", events_path, on_event=progress.update)
+                pipe = EventPipe(run_dir / "events.fifo", events_path, on_event=on_event)
                 sampler.mark("train_start")
                 train_env = env | {EVENTS_PIPE_ENV: str(pipe.path)}
                 stages.run(
@@ -315,7 +322,36 @@ def execute(run_dir: Path, record: RunRecord, *, nproc=1, nnodes=1, node_rank=0,
     finally:
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
-    return finish(run_dir, record, spec, stages, pipe)
+    record = finish(run_dir, record, spec, stages, pipe)
+    if tracker is not None:
+        tracker.finish(_tracker_summary(record))
+    return record
+
+
+def _open_tracker(log_to: str | None, run_dir: Path, record: RunRecord) -> Tracker | None:
+    if log_to is None:
+        return None
+    config = {**record.config, "track": record.track.name, "submission": record.submission.name,
+              "seed": record.seed, "official": record.official}  # fmt: skip
+    group = f"{record.track.name}-{record.submission.name}"  # the runs a tracker shows side by side
+    try:
+        return open_tracker(log_to, name=record.run_id, config=config, directory=run_dir, group=group)
+    except Exception as e:  # noqa: BLE001 -- a tracker that cannot start must not cost the run: it runs untracked
+        print(f"speedrun: warning: {log_to} could not start ({type(e).__name__}: {e}); the run goes on without it")
+        return None
+
+
+def _tracker_summary(record: RunRecord) -> dict:
+    timing, result = record.timing, record.result
+    return {
+        "status": record.status,
+        "official": record.official,
+        "train_time_s": timing.train_time_s if timing else None,
+        "wall_time_s": timing.wall_time_s if timing else None,
+        result.metric: result.value,
+        "val_bpb": result.val_bpb,
+        "target_met": result.target_met,
+    }
 
 
 def follow(run_dir: Path, *, nproc: int, nnodes: int, node_rank: int, rdzv: str) -> int:
@@ -485,13 +521,18 @@ def run(
     unofficial: bool = False,
     checkpoint_every_s: float | None = None,
     campaign_id: str | None = None,
+    registrar: Callable[[Campaign], str] | None = None,
+    log_to: str | None = None,
 ) -> list[Path]:
     """Register one run per seed (all before any starts), then run them in turn; returns the run directories."""
+    if log_to is not None:
+        require(log_to)  # a missing tracker says so before any data or training work
     _, run_dirs = register(track, submission, seeds=seeds, runs_dir=runs_dir, data_dir=data_dir, nproc=nproc * nnodes,
                            max_steps=max_steps, unofficial=unofficial, checkpoint_every_s=checkpoint_every_s,
-                           campaign_id=campaign_id)  # fmt: skip
+                           campaign_id=campaign_id, registrar=registrar)  # fmt: skip
     for run_dir in run_dirs:
-        record = execute(run_dir, read_record(run_dir), nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
+        record = execute(run_dir, read_record(run_dir), nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
+                         log_to=log_to)  # fmt: skip
         timed_s = record.timing.train_time_s if record.timing else 0.0
         print(
             f"run {record.run_id}: {record.status}, timed {timed_s:.1f}s, "
@@ -515,8 +556,14 @@ def register(
     unofficial: bool = False,
     checkpoint_every_s: float | None = None,
     campaign_id: str | None = None,
+    registrar: Callable[[Campaign], str] | None = None,
 ) -> tuple[Campaign, list[Path]]:
-    """Prepare the track and write every seed's run directory (status registered) and the campaign file."""
+    """Prepare the track and write every seed's run directory (status registered) and the campaign file.
+
+    `registrar` (a leaderboard's registration, `speedrun run --server`) is called once every local check
+    has passed, the submission's, the hardware's, the data's and each seed's plan, and before anything is
+    written: it returns the campaign id the server issued, which names the runs.
+    """
     campaign, plugin = plan_campaign(track, submission, seeds, campaign_id)
     source = packed_source(plugin.path, campaign.submission)
     reasons = preflight(track, nproc, 1)
@@ -539,12 +586,17 @@ def register(
     # What the training process may not read: the val split, the held-out split if this machine has it,
     # the CORE eval bundle.
     denied = [*splits["val"], *(data_dir / n for n in track.dataset.heldout_shards), eval_bundle_dir()]
-    run_dirs = []
+    plans = []
     for seed in seeds:
         config = TrainConfig(**track.training_config(plugin.config), vocab_size=vocab, seed=seed)
-        plan = plan_training(config, nproc)  # fails here, before launching, on a bad shape
+        plans.append((config, plan_training(config, nproc)))  # fails here, before launching, on a bad shape
         check_eval_budget(config, nproc)
-        run_dir = runs_dir / f"{campaign.campaign_id}-s{seed}"
+    if registrar is not None:
+        named = registrar(campaign)
+        campaign = campaign.model_copy(update={"campaign_id": named, "run_ids": [f"{named}-s{s}" for s in seeds]})
+    run_dirs = []
+    for seed, run_id, (config, plan) in zip(seeds, campaign.run_ids, plans, strict=True):
+        run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=False)
         spec = RunSpec(
             submission=_relative(plugin.path, run_dir),

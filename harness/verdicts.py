@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import stats
-from protocol.record import CAMPAIGNS_DIR, RunRecord, find_campaign, find_run, read_campaign, read_record
+from protocol.record import CAMPAIGNS_DIR, RECORD_FILE, RunRecord, find_campaign, find_run, read_campaign, read_record
 from protocol.tracks import Track
 
 
@@ -31,13 +31,20 @@ class RunSet:
 def run_set(name: str, runs_dir: Path, track_name: str | None = None) -> RunSet:
     """The runs `name` stands for (see the module docstring), summarized."""
     campaign = find_campaign(name, runs_dir)
-    if campaign is None and not Path(name).is_dir() and not (Path(runs_dir) / name).is_dir():
+    if campaign is None and not any((d / RECORD_FILE).is_file() for d in (Path(name), Path(runs_dir) / name)):
         campaign = _newest_campaign_of(name, runs_dir, track_name)
     if campaign is not None:
         c = read_campaign(campaign)
         records = [read_record(find_run(run_id, runs_dir)) for run_id in c.run_ids]
         return _summarized(c.campaign_id, records)
-    return _summarized(name, [read_record(find_run(name, runs_dir))])
+    try:
+        return _summarized(name, [read_record(find_run(name, runs_dir))])
+    except FileNotFoundError:
+        on = f" on track {track_name}" if track_name else ""
+        raise ValueError(
+            f"no campaign, run or submission{on} named {name!r} under {runs_dir}: pass a campaign id (`speedrun run` "
+            "prints it), a run id, or the name of a submission you ran"
+        ) from None
 
 
 def baseline_set(track: Track) -> RunSet:

@@ -17,7 +17,11 @@ used to skip one. What must hold:
     it does between steps, an eval or a save, writes its own lines): a step cannot have taken longer
     than that gap, and the gaps together may exceed the dt_s only by the logging slack below. A
     process start (`start`, one per launch) is the one gap not held to a step's dt_s;
-  - the last save's sha256 is the uploaded model.safetensors': the weights are the ones the run saved.
+  - the last save's sha256 is the uploaded model.safetensors': the weights are the ones the run saved;
+  - on a fixed-budget track the run stopped at the first step boundary past the budget: the steps before
+    the last sum to less than the budget and all of them to at least it (a run that trained on past its
+    budget would score better); num_iterations is then the cap, at least the number of steps. A run may
+    stop short of the budget only at its cap.
 The limit: a file in which every stamp was rewritten consistently cannot be told from a real one
 without rerunning; what makes that forgery pointless is the recomputed metric of the weights and the
 held-out score (checks.py).
@@ -64,14 +68,16 @@ def _claims_problems(record: RunRecord, events: list[Event], n: int, facts: Serv
     if isinstance(config_iterations, int) and config_iterations > 0:
         claims["config.num_iterations"] = config_iterations
     for name, value in claims.items():
-        if value is not None and value != n:
+        if value is not None and (value < n if facts.budget_s else value != n):
             problems.append(f"{name} = {value}, but the events hold {n} steps")
     end = events[-1] if events and isinstance(events[-1], EndEvent) else None
     if end is None or sum(isinstance(e, EndEvent) for e in events) != 1:
         problems.append("events.jsonl does not end with the trainer's one `end` event")
     else:
         said = end.model_extra or {}
-        if said.get("step") != n or said.get("num_iterations") != n or said.get("status") != "completed":
+        cap = said.get("num_iterations")
+        capped = cap == n if not facts.budget_s else isinstance(cap, int) and cap >= n
+        if said.get("step") != n or not capped or said.get("status") != "completed":
             problems.append(
                 f"the end event says {said.get('status')} after {said.get('step')} of {said.get('num_iterations')} "
                 f"steps, not {n}"
@@ -83,7 +89,24 @@ def _claims_problems(record: RunRecord, events: list[Event], n: int, facts: Serv
         problems.append(f"train_time_s claimed {timing.train_time_s}, the step events sum to {recomputed:.6f}")
     if timing.nanochat_time_s and abs(timing.nanochat_time_s - nanochat) > tol:
         problems.append(f"nanochat_time_s claimed {timing.nanochat_time_s}, steps > 10 sum to {nanochat:.6f}")
+    if facts.budget_s and n:
+        problems += _budget_problems(events, n, cap_reached=n == timing.num_iterations, budget_s=facts.budget_s)
     return problems
+
+
+def _budget_problems(events: list[Event], n: int, *, cap_reached: bool, budget_s: float) -> list[str]:
+    """A fixed-budget run ends at the first step boundary where the timed seconds reach the budget."""
+    total = timed_seconds(events)
+    last = next(e for e in reversed(events) if isinstance(e, StepEvent) and e.step == n - 1)
+    before_last = total - last.dt_s
+    if before_last >= budget_s:
+        return [
+            f"the steps before the last already sum to {before_last:.3f}s, past the {budget_s:g}s budget: "
+            "the run trained on after its budget"
+        ]
+    if total < budget_s and not cap_reached:
+        return [f"the steps sum to {total:.3f}s, short of the {budget_s:g}s budget, and the run did not reach its cap"]
+    return []
 
 
 def clock_gaps(events: list[Event], stamp: str) -> dict:

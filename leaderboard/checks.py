@@ -53,6 +53,7 @@ class ServerFacts:
     data_hash: str | None  # the track's pinned hash, else the server's own shards' fingerprint
     eval_bundle: Path | None
     eval_tokens: int  # the track's val bpb budget
+    budget_s: float = 0.0  # a fixed-budget track's training budget in timed seconds (0: time-to-target)
     core_max_per_task: int = -1
     device: str = "cpu"
     bpb_abs_tolerance: float = 2e-3

@@ -218,10 +218,11 @@ def register_runs(
     ).all()
     if taken:
         raise ValueError(f"seeds {sorted(taken)} are registered for {submission} already: each seed counts once")
-    now, rows = utcnow(), []
+    # One name per registration, each seed's run id under it: the runner's campaign id (its runs are CAMPAIGN-sSEED).
+    now, rows, campaign = utcnow(), [], f"reg-{uuid.uuid4().hex[:20]}"
     for seed in seeds:
         row = Registration(
-            run_id=f"reg-{uuid.uuid4().hex[:20]}-s{seed}",
+            run_id=f"{campaign}-s{seed}",
             submitter_id=submitter.id,
             track_id=track.id,
             track_version=track.version,

@@ -431,4 +431,5 @@ class RegistrationCreated(SQLModel):
     track: str
     track_version: int
     submission: str
+    campaign_id: str  # every run id is CAMPAIGN-sSEED: the runner names its campaign so
     runs: list[RegisteredRun]

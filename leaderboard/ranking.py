@@ -16,6 +16,12 @@ are reproduced: a record there is a result the server has seen happen.
 A new RecordEntry is written when a ranked submission's mean time beats the track's current record
 (the holder's own later seeds restate its entry rather than add one).
 
+A fixed-budget track (kind "budget": lowest val bpb in a training budget, every run stopped at it, which
+check_timing.py verifies) ranks by mean metric instead. Its target is the calibrated baseline's mean, so a
+submission ranks when its runs beat the baseline with p < 0.01 (the same one-sided t-test), and it takes
+the record only when its runs also beat the current holder's by a one-sided Welch t-test with
+p < RECORD_P_VALUE (protocol.stats.compare): a lower mean alone is not a new best.
+
 Board reads are cached for Settings.cache_ttl_s (leaderboard/pagecache.py; a write in this process clears
 the cache at once; the worker is another process, so a verification shows on the board within the TTL).
 """
@@ -40,7 +46,7 @@ from leaderboard.models import (
     utcnow,
 )
 from leaderboard.pagecache import READS
-from protocol.stats import RECORD_P_VALUE, summarize
+from protocol.stats import RECORD_P_VALUE, compare, summarize
 from protocol.tracks import track_from_dict
 
 
@@ -64,6 +70,22 @@ def counted(rows: list[tuple[Run, Verification]], track: TrackRow) -> list[tuple
     return out
 
 
+def is_budget(track: TrackRow) -> bool:
+    return bool(track.spec) and track_from_dict(track.spec).kind == "budget"
+
+
+def _metric_of(track: TrackRow):
+    return {"val_bpb": lambda v: v.recomputed_val_bpb, "core": lambda v: v.recomputed_core}[track.metric]
+
+
+def _runs(session: Session, track: TrackRow, submission_id: int) -> list[tuple[Run, Verification]]:
+    return session.exec(
+        select(Run, Verification)
+        .join(Verification, Verification.run_pk == Run.id)
+        .where(Run.track_id == track.id, Run.submission_id == submission_id)
+    ).all()
+
+
 def misses(session: Session, *, track: TrackRow, submission: Submission, runs: dict[str, str]) -> tuple[int, int]:
     """(registered, missed) for a submission on a track: `runs` maps its run ids to their verification status."""
     regs = session.exec(
@@ -85,18 +107,14 @@ def misses(session: Session, *, track: TrackRow, submission: Submission, runs: d
 
 def update_standing(session: Session, *, track: TrackRow, submission_id: int) -> Standing:
     """Recompute one (track, submission) standing from its runs and write a record if it beats the current one."""
-    rows = session.exec(
-        select(Run, Verification)
-        .join(Verification, Verification.run_pk == Run.id)
-        .where(Run.track_id == track.id, Run.submission_id == submission_id)
-    ).all()
+    rows = _runs(session, track, submission_id)
     verified = counted(rows, track)
     reproduced, disputed, needed = _reproductions(session, track=track, rows=rows, verified=verified)
     submission = session.get(Submission, submission_id)
     n_registered, n_missed = misses(
         session, track=track, submission=submission, runs={r.run_id: v.status for r, v in rows}
     )
-    metric_of = {"val_bpb": lambda v: v.recomputed_val_bpb, "core": lambda v: v.recomputed_core}[track.metric]
+    metric_of = _metric_of(track)
     records = [
         {
             "run_id": r.run_id,
@@ -189,7 +207,7 @@ def _maybe_new_record(session: Session, *, track: TrackRow, standing: Standing) 
         )
         session.add(current)
         return
-    if current is not None and standing.time_mean_s >= current.time_mean_s:
+    if current is not None and not _beats(session, track, standing, current):
         return
     session.add(
         RecordEntry(
@@ -203,6 +221,17 @@ def _maybe_new_record(session: Session, *, track: TrackRow, standing: Standing) 
             previous_time_s=None if current is None else current.time_mean_s,
         )
     )
+
+
+def _beats(session: Session, track: TrackRow, standing: Standing, current: RecordEntry) -> bool:
+    """Does the standing beat the record holder: a lower mean time, or on a budget track a better metric by
+    a one-sided Welch t-test at p < RECORD_P_VALUE over the two submissions' counted runs."""
+    if not is_budget(track):
+        return standing.time_mean_s < current.time_mean_s
+    metric_of = _metric_of(track)
+    holder = [metric_of(v) for _, v in counted(_runs(session, track, current.submission_id), track)]
+    challenger = [metric_of(v) for _, v in counted(_runs(session, track, standing.submission_id), track)]
+    return compare(holder, challenger, lower_is_better=not track.higher_is_better)["verdict"] == "better"
 
 
 def refresh_track(session: Session, *, track: TrackRow) -> None:
@@ -249,14 +278,21 @@ def why_unranked(s: Standing) -> str | None:
 
 
 def leaderboard(session: Session, *, track: TrackRow) -> list[StandingPublic]:
-    """Ranked standings first (by mean timed seconds), then the unranked ones with why."""
+    """Ranked standings first (by mean timed seconds; on a budget track by mean metric), then the unranked
+    ones with why."""
     rows = session.exec(
         select(Standing, Submission.name, Submitter.name)
         .join(Submission, Submission.id == Standing.submission_id)
         .join(Submitter, Submitter.id == Submission.submitter_id)
         .where(Standing.track_id == track.id)
     ).all()
-    ranked = sorted((r for r in rows if r[0].qualifies), key=lambda r: (r[0].time_mean_s, r[0].submission_id))
+    sign = -1 if track.higher_is_better else 1
+    order = (
+        (lambda r: (sign * r[0].metric_mean, r[0].submission_id))
+        if is_budget(track)
+        else (lambda r: (r[0].time_mean_s, r[0].submission_id))
+    )
+    ranked = sorted((r for r in rows if r[0].qualifies), key=order)
     unranked = sorted((r for r in rows if not r[0].qualifies), key=lambda r: (-r[0].n_verified, r[0].submission_id))
     out = []
     for i, (s, name, who) in enumerate(ranked + unranked):

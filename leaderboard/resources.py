@@ -55,6 +55,7 @@ def server_facts(row: TrackRow, settings: Settings) -> ServerFacts:
         data_hash=data_hash,
         eval_bundle=res.eval_bundle,
         eval_tokens=track.target.eval_tokens,
+        budget_s=track.target.budget_s or 0.0,
         core_max_per_task=track.target.core_max_per_task,
         device=settings.verify_device,
         bpb_abs_tolerance=settings.bpb_abs_tolerance,

@@ -29,12 +29,11 @@ from leaderboard import members
 from leaderboard.summary import summarize
 from protocol.bundle import MEMBERS, REQUIRED, bundle_sha256
 from protocol.events import StepEvent
-from protocol.record import RECORD_FILE, RunRecord, parse_record
+from protocol.record import MISS_STATUSES, RECORD_FILE, RunRecord, parse_record
 from protocol.source import SOURCE_FILE, SourceError, check_source
 from protocol.tracks import Track
 
 CHUNK = 1 << 20
-MISS_STATUSES = ("failed", "killed", "diverged", "invalid", "stopped")  # how a registered run can end a miss
 EXPANSION_SLACK = 1 << 20  # a tiny bundle may expand more than the ratio: headers, padding
 MAX_EVAL_BATCH = 4096  # config.device_batch_size the verifier evaluates with
 

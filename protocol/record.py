@@ -34,6 +34,8 @@ RECORD_SCHEMA, SPEC_SCHEMA = 2, 1
 #   preempted   a SIGTERM/SIGUSR1 notice (a cloud or SLURM taking the machine): saved at a step boundary,
 #               `speedrun resume` continues it with the timer continuing
 STATUSES = ("registered", "running", "completed", "stopped", "failed", "diverged", "killed", "invalid", "preempted")
+# How a registered run ends without a result: reported to a board by its record.json alone, and a miss there.
+MISS_STATUSES = ("failed", "killed", "diverged", "invalid", "stopped")
 EXIT_OK, EXIT_DIVERGED, EXIT_INVALID = 0, 3, 4  # any other non-zero exit is "failed"
 
 RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"

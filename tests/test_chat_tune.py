@@ -4,17 +4,29 @@ import hashlib
 import http.server
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 from safetensors.torch import load_file
 
+import harness.chat_tune
+import speedrun
 from baseline.checkpoint import build_model, load_state_into, read_meta, save_checkpoint
 from baseline.engine import render_conversation, render_for_reply
 from baseline.gpt import GPTConfig
 from baseline.tokenizer import Tokenizer
-from harness.chat_tune import ChatTuneConfig, chat_tune, download, fetch_chat_data, make_batch, read_conversations
+from harness.chat_tune import (
+    CPU_CONFIG,
+    ChatTuneConfig,
+    chat_tune,
+    default_config,
+    download,
+    fetch_chat_data,
+    make_batch,
+    read_conversations,
+)
 from protocol.hashing import tree_hash
 from protocol.record import read_record, write_record
 from tests.conftest import DATA, GOLDEN, minimal_record
@@ -117,6 +129,35 @@ def test_a_short_tune_lowers_the_assistant_loss_and_writes_a_child_run(base_run,
     events = [json.loads(line) for line in (child / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events] == list(range(6))
     assert chat_checkpoint(base_run.parent, "base1") == ckpt  # what the leaderboard serves in chat style
+
+
+def test_a_short_tune_tokenizes_only_the_conversations_it_draws(base_run, tmp_path, monkeypatch):
+    src = DATA / "chat"
+    if not (src / "train.jsonl").is_file():
+        pytest.skip(f"no chat data at {src} (set SPEEDRUN_SHARED)")
+    rendered = []
+
+    def counting(tokenizer, messages, **kwargs):
+        rendered.append(messages)
+        return render_conversation(tokenizer, messages, **kwargs)
+
+    monkeypatch.setattr(harness.chat_tune, "render_conversation", counting)
+    config = ChatTuneConfig(steps=3, batch_size=4, seq_len=128, eval_conversations=8)
+    chat_tune(base_run, data_dir=src, tokenizer_dir=GOLDEN / "tokenizer", config=config, log=lambda *_: None)
+    n_train = len((src / "train.jsonl").read_text().splitlines())
+    assert n_train > 10_000 and len(rendered) < 200, len(rendered)  # not every conversation up front
+
+
+def test_chat_tune_defaults_to_a_short_tune_on_a_cpu(base_run, monkeypatch):
+    assert default_config("cpu") == CPU_CONFIG and default_config("cuda") == ChatTuneConfig()
+    # ~80 k tokens: under two minutes for the cpu-books model on 2 cores (~3.5 k tokens/s when not shared)
+    assert CPU_CONFIG.steps * CPU_CONFIG.batch_size * CPU_CONFIG.seq_len <= 100_000
+    seen = []
+    monkeypatch.setattr("harness.cli.chat_tune", lambda run, *, config, **_: seen.append(config) or run)
+    speedrun.main(["chat-tune", str(base_run)])
+    speedrun.main(["chat-tune", str(base_run), "--steps", "5"])
+    speedrun.main(["chat-tune", str(base_run), "--device", "cuda"])
+    assert seen == [CPU_CONFIG, replace(CPU_CONFIG, steps=5), ChatTuneConfig()]
 
 
 def test_chat_tune_says_what_is_missing(base_run, tmp_path):

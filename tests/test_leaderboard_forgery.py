@@ -7,6 +7,7 @@ check either fails or the verified time is the true one (within the logging slac
 """
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -248,3 +249,53 @@ def test_any_change_to_a_time_fails_or_leaves_the_verified_time_true(honest, dat
 @given(data=st.data())
 def test_any_change_to_a_time_fails_or_leaves_the_verified_time_true_at_length(honest, data):
     check_property(honest, data)
+
+
+def as_budget_run(record: dict, events: list[dict], cap: int) -> tuple[dict, list[dict]]:
+    """The honest run as a fixed-budget track's run would write it: num_iterations is the cap, not the steps."""
+    record, events = copy.deepcopy(record), copy.deepcopy(events)
+    record["timing"]["num_iterations"] = cap
+    for part in ("plan", "config"):
+        if isinstance(record.get(part), dict) and "num_iterations" in record[part]:
+            record[part]["num_iterations"] = cap
+    events[-1]["num_iterations"] = cap
+    return record, events
+
+
+def budget_verdict(record: dict, events: list[dict], budget_s: float):
+    lines = [parse_event(e) for e in events]
+    return check_train_time(parse_record(record), lines, dataclasses.replace(FACTS, budget_s=budget_s))[0]
+
+
+def test_a_budget_run_that_stopped_at_the_first_boundary_past_its_budget_passes(honest):
+    record, events = as_budget_run(*honest, cap=10_000)
+    total, last = timed(events), steps_of(events)[-1]["dt_s"]
+    result = budget_verdict(record, events, budget_s=total - last / 2)
+    assert result.outcome == "pass", result.detail
+    # The same files checked as a time-to-target run fail: there num_iterations must be the steps.
+    assert budget_verdict(record, events, budget_s=0).outcome == "fail"
+
+
+def test_a_budget_run_that_trained_on_past_its_budget_fails(honest):
+    """An extra step after the budget was reached buys a better score: the steps before the last already
+    reached the budget."""
+    record, events = as_budget_run(*honest, cap=10_000)
+    total, last = timed(events), steps_of(events)[-1]["dt_s"]
+    result = budget_verdict(record, events, budget_s=(total - last) * 0.9)
+    assert result.outcome == "fail" and "trained on after its budget" in result.detail
+
+
+def test_a_budget_run_short_of_its_budget_passes_only_at_its_cap(honest):
+    record, events = honest
+    n = len(steps_of(events))
+    short, _ = as_budget_run(record, events, cap=n + 5)
+    result = budget_verdict(short, as_budget_run(record, events, cap=n + 5)[1], budget_s=timed(events) + 10)
+    assert result.outcome == "fail" and "short of the" in result.detail
+    at_cap, at_cap_events = as_budget_run(record, events, cap=n)
+    assert budget_verdict(at_cap, at_cap_events, budget_s=timed(events) + 10).outcome == "pass"
+
+
+def test_a_budget_runs_cap_below_its_steps_fails(honest):
+    record, events = as_budget_run(*honest, cap=3)
+    result = budget_verdict(record, events, budget_s=timed(events) - steps_of(events)[-1]["dt_s"] / 2)
+    assert result.outcome == "fail" and "timing.num_iterations = 3" in result.detail

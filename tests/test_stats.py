@@ -204,3 +204,30 @@ def test_format_summary_shows_mean_std_and_verdict():
     assert f"{s['metric_mean']:.4f} ± {s['metric_std']:.4f}" in text and "102.0 ± 1.6 s" in text
     assert "H1: mean core > 0.256525" in text and f"p = {s['p_value']:.3g}" in text
     assert ("meets the record rule" in text) == s["meets_record"]
+
+
+# ------------------------------------------------------------------ two sets of runs
+
+
+def _welch_p(a, b):
+    """Welch's t and Welch–Satterthwaite degrees of freedom by hand; the two-sided p from the Student-t CDF."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(b) - np.mean(a)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return 2 * special.stdtr(df, -abs(t))
+
+
+def test_compare_gives_the_difference_and_welchs_p_by_hand():
+    base, variant = [2.40, 2.30, 2.29], [2.25, 2.27, 2.22, 2.26]
+    c = stats.compare(base, variant, lower_is_better=True)
+    assert c["diff"] == pytest.approx(np.mean(variant) - np.mean(base))
+    assert c["p_two_sided"] == pytest.approx(_welch_p(base, variant), rel=1e-9)
+    assert c["p_better"] == pytest.approx(_welch_p(base, variant) / 2, rel=1e-9)  # t < 0: half the two-sided p
+    assert c["mean_a"] == pytest.approx(np.mean(base)) and c["n_b"] == 4
+
+
+def test_compare_has_no_verdict_below_two_runs_and_decides_constant_sides_by_their_sign():
+    assert stats.compare([2.3, 2.4], [2.2], lower_is_better=True)["verdict"] == "inconclusive"
+    same = stats.compare([0.2, 0.2], [0.3, 0.3], lower_is_better=False)
+    assert same["verdict"] == "better" and same["p_better"] == 0.0
+    assert stats.compare([0.2, 0.2], [0.2, 0.2], lower_is_better=False)["verdict"] == "inconclusive"

@@ -92,12 +92,17 @@ async def track_page(name: str, request: Request, settings: SettingsDep):
             track = track_or_404(session, name)
             board = ranking.leaderboard(session, track=track)
             records = ranking.record_history(session, track=track)
-            points = [(r.set_at.timestamp(), r.time_mean_s) for r in records]
+            if ranking.is_budget(track):  # the best metric in the budget, not a time
+                points = [(r.set_at.timestamp(), r.metric_mean) for r in records]
+                label, y_label = f"record (mean {track.metric})", track.metric
+            else:
+                points = [(r.set_at.timestamp(), r.time_mean_s) for r in records]
+                label, y_label = "record (mean timed s)", "timed seconds"
             chart = line_chart(
-                [Series("record (mean timed s)", points)],
+                [Series(label, points)],
                 title=f"{track.name}: record progression",
                 x_label="date",
-                y_label="timed seconds",
+                y_label=y_label,
                 step=True,
                 x_is_time=True,
             )

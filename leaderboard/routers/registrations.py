@@ -2,10 +2,11 @@
 
     POST /api/registrations   Authorization: Bearer <token>
     {"track": "cpu-books", "submission": "my_idea", "seeds": [42, 43, 44]}
-    -> 201 {"track": "cpu-books", "track_version": 1, "submission": "my_idea",
+    -> 201 {"track": "cpu-books", "track_version": 1, "submission": "my_idea", "campaign_id": "reg-…",
             "runs": [{"run_id": "reg-…-s42", "seed": 42, "deadline": "2026-12-04T16:00:00Z"}, …]}
 
-The runner (`speedrun run --server URL --token T`) names each run by its issued run_id. An upload of a
+The runner (`speedrun run --server URL --token T`) takes campaign_id as its campaign's name, so each run
+is named by its issued run_id (CAMPAIGN-sSEED) on every launcher. An upload of a
 registered run_id must match it (the same submitter, track and version, submission name and seed) and
 arrive before its deadline (Settings.registration_hours). A registered run that never arrives, or
 arrives failed, killed or diverged (its record.json alone may be uploaded, to say so), is a miss; a
@@ -56,5 +57,6 @@ def register(
         track=track.name,
         track_version=track.version,
         submission=body.submission,
+        campaign_id=rows[0].run_id.rsplit("-s", 1)[0],
         runs=[RegisteredRun(run_id=r.run_id, seed=r.seed, deadline=r.deadline) for r in rows],
     )
