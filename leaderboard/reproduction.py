@@ -96,7 +96,8 @@ def maybe_queue(session: Session, *, run: Run, track: TrackRow) -> list[Reproduc
         session.exec(select(Reproduction.run_pk).where(col(Reproduction.run_pk).in_([r.id for r, _ in rows]))).all()
     )
     candidates = [r for r, _ in ranking.counted(rows, track) if r.id not in chosen]
-    picks = secrets.SystemRandom().sample(candidates, min(rule.runs_per_submission - len(chosen), len(candidates)))
+    wanted = max(0, min(rule.runs_per_submission - len(chosen), len(candidates)))  # an admin may have queued more
+    picks = secrets.SystemRandom().sample(candidates, wanted)
     jobs = [Reproduction(run_pk=r.id) for r in picks]
     for job in jobs:
         session.add(job)
