@@ -45,11 +45,11 @@ def tiny(tmp_path_factory, pretrain_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPEEDRUN_CACHE", str(root / "cache"))
         track_file = root / "tiny-books.toml"
-        # a wide time band: this test machine is shared, so an honest re-run's speed may differ severalfold
-        # (the forged speed below claims 50x)
+        # a wide time band: on a shared test machine a tiny run's seconds may differ tenfold between two honest
+        # runs (the forged speed below claims 1000x)
         track_file.write_text(
             TINY_TRACK.format(content_hash=load_track("cpu-books").dataset.content_hash, data_dir=PRETRAIN, steps=6)
-            + reproduce_table("server", time_ratio_max=10.0)
+            + reproduce_table("server", time_ratio_max=100.0)
         )
         track = load_track(track_file)
         [run_dir] = runner.run(track, "baseline", seeds=[3], runs_dir=root / "runs")
@@ -142,7 +142,7 @@ def test_an_honest_run_is_reproduced_in_the_sandbox(tiny, tmp_path):
     # same seed, versions and threads on this CPU: bitwise the same run
     assert e["losses"]["max_abs_diff"] == 0 and e["steps"] == {"claimed": 6, "reproduced": 6}
     assert e["metric"]["abs_diff"] == 0 and e["weights"]["identical"], e
-    assert e["time"]["judged"] and 0 < detail["time_ratio"] < 10 and detail["reproduced_by"].startswith("the server")
+    assert e["time"]["judged"] and 0 < detail["time_ratio"] < 100 and detail["reproduced_by"].startswith("the server")
     page = srv.client.get(f"/runs/{run_id}").text
     assert 'id="reproduction-evidence"' in page and "identical" in page and "claimed and reproduced" in page
     [row] = srv.client.get(f"/api/tracks/{tiny.track.name}/leaderboard").json()
@@ -157,7 +157,7 @@ def test_a_forged_run_that_verifies_is_disputed_by_its_rerun(tiny, tmp_path, for
     if forgery == "losses":
         forged, why = edited_losses(tiny.run_dir, tmp_path / "forged"), "step 0's training loss"
     else:
-        forged, why = inflated_speed(tiny.run_dir, tmp_path / "forged", 0.02), "the claimed speed is disputed"
+        forged, why = inflated_speed(tiny.run_dir, tmp_path / "forged", 0.001), "the claimed speed is disputed"
     srv = server(tiny, tmp_path / "lb")
     run_id = submit(srv, forged)["run_id"]
     assert verify_worker(once=True, settings=srv.settings, worker_id="e2e") == 2
@@ -166,7 +166,7 @@ def test_a_forged_run_that_verifies_is_disputed_by_its_rerun(tiny, tmp_path, for
     detail = run["reproduction_detail"]
     assert run["reproduction"] == "disputed" and any(why in r for r in detail["reasons"]), detail["reasons"]
     if forgery == "speed":
-        assert detail["time_ratio"] > 10 and detail["evidence"]["time"]["judged"]
+        assert detail["time_ratio"] > 100 and detail["evidence"]["time"]["judged"]
     else:
         assert detail["evidence"]["losses"]["max_abs_diff"] == pytest.approx(0.05, abs=1e-6)
     page = srv.client.get(f"/runs/{run_id}").text
