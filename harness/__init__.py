@@ -9,9 +9,11 @@
     provenance.py       hashes, git, software and hardware for every record
     calibrate.py        `speedrun track calibrate`: a track's target from baseline runs
     chat_tune.py        `speedrun chat-tune`: a short SFT into a chat model, as a child run
-    submit.py           `speedrun submit`: pack a run's bundle and upload it
+    submit.py           `speedrun submit`: pack a run's bundle (with its source.tar) and upload it
     local_board.py      `speedrun board`: runs on a board on this machine (serve, submit, verify) and its chat
     trackers.py         `--log-to wandb|trackio`: the step events and the result sent to an experiment tracker
+    reproduce.py        `speedrun reproduce WORK_DIR`: a leaderboard's re-run of a run, inside the sandbox
+    runner_machine.py   `speedrun runner`: a runner machine takes re-runs from a leaderboard, sandboxed
     cli.py              the runner side's subcommands
 
 It builds on protocol (tracks, records, statistics), baseline, eval and submissions, and never imports

@@ -16,6 +16,8 @@
     speedrun chat-tune RUN_ID                                   # supervised fine-tune into a chat model
     speedrun submit runs/RUN... --server URL --token T          # upload runs for verification
     speedrun board runs/RUN...                                  # a local board: serve, submit, verify, chat
+    speedrun runner --server URL --token T                      # a runner machine: re-run reproduction jobs
+    speedrun reproduce WORK_DIR                                 # one re-run, inside the sandbox (reproducers start it)
 
 `train` runs the same under `torchrun --nproc_per_node=N -m speedrun train ...`.
 """
@@ -45,7 +47,9 @@ from harness.launchers.sky import SkyConfig
 from harness.launchers.slurm import SlurmConfig
 from harness.launchers.slurm import status as slurm_status
 from harness.local_board import board
+from harness.reproduce import reproduce
 from harness.runner import execute, follow, plan_campaign, register, resume, run
+from harness.runner_machine import serve_jobs
 from harness.submit import register_campaign, submit
 from harness.trackers import TRACKERS, EventTee, open_tracker, require
 from protocol import stats
@@ -407,6 +411,17 @@ def _submit(args):
         print(json.dumps(r))
 
 
+def _reproduce(args):
+    run_dir = reproduce(args.work_dir)
+    record = read_record(run_dir)
+    print(f"re-run {record.run_id}: {record.status}")
+
+
+def _runner(args):
+    n = serve_jobs(args.server, args.token, name=args.name, once=args.once, work_root=args.work_dir)
+    print(f"runner: {n} reproduction jobs done")
+
+
 def _board(args):
     if not board([find_run(r, args.runs_dir) for r in args.runs], track_arg=args.track, data_dir=args.data_dir,
                  port=args.port, serve=not args.no_serve):  # fmt: skip
@@ -593,6 +608,20 @@ def add_commands(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="the board listens on 127.0.0.1 only")
     p.add_argument("--no-serve", action="store_true", help="stop the server at the end (scripts, CI)")
     p.set_defaults(func=_board)
+
+    p = sub.add_parser(
+        "runner", help="a runner machine: take reproduction jobs from a leaderboard, re-run in a sandbox"
+    )
+    p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", required=True, help="a runner token (`speedrun token create NAME --runner`)")
+    p.add_argument("--name", default=None, help="how the board names this machine (default: its hostname)")
+    p.add_argument("--once", action="store_true", help="take the jobs there are now, then exit")
+    p.add_argument("--work-dir", type=Path, default=None, help="where re-runs work (default: a temporary dir)")
+    p.set_defaults(func=_runner)
+
+    p = sub.add_parser("reproduce", help="re-run a reproduction's work dir (inside the sandbox; reproducers start it)")
+    p.add_argument("work_dir", type=Path, help="holds order.json and source.tar")
+    p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("eval", help="CORE and bits per byte of a checkpoint")
     add_eval_arguments(p)

@@ -57,6 +57,9 @@ def board_env(runs_dir: Path, track, track_arg: str, data_dir: Path, tokenizer_d
         ),
         "LEADERBOARD_CHAT_RUNS_DIR": str(runs_dir.resolve()),
         "LEADERBOARD_CHAT_TRACK": track.name,
+        # A re-run here, on the machine that made the run, would only repeat it at twice the wait: a shared
+        # board re-runs submissions (its run pages then say so, and that a record waits for one).
+        "LEADERBOARD_REPRODUCE_LOCALLY": "false",
     }
     if Path(track_arg).is_file():  # a track of its own .toml, not one of protocol/tracks/
         env["LEADERBOARD_TRACK_FILES"] = json.dumps([str(Path(track_arg).resolve())])

@@ -41,6 +41,7 @@ from protocol.hashing import (
     tree_hash,
 )
 from protocol.paths import hash_cache_file
+from protocol.reproduce import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 # Library versions recorded with every run (those absent are left out).
@@ -168,13 +169,7 @@ def _driver_version() -> dict:
 
 
 def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    return cpu_model() or platform.processor() or None
 
 
 def _package_versions() -> dict[str, str]:

@@ -6,8 +6,9 @@
 For every seed the runner makes `runs/<run_id>/`, writes `run.json` (what to train) and a first
 `record.json` (status "running"), then launches `harness.trainer_process` as a child process (through
 torchrun when --nproc > 1) while it samples telemetry, shows a live progress line from the step
-events, and forwards SIGINT/SIGTERM. An open-division submission (submissions/contract.py) is copied
-into the run directory (`source/`, its hash the record's) and trained from there; its eval is
+events, and forwards SIGINT/SIGTERM. Every run keeps its submission as `source.tar` (protocol/source.py);
+an open-division one (submissions/contract.py) is unpacked from it into the run directory (`source/`, its
+hash checked against the record's) and trained from there; its eval is
 harness/open_eval.py, which runs that copy. Whatever happens, the record is rewritten at the end with the
 final status (completed, stopped, failed, diverged, killed), timings, result, telemetry summary and
 provenance; logs, events and telemetry stay on disk. `speedrun resume RUN_ID` continues a run from its
@@ -16,7 +17,6 @@ last checkpoint with the timer continuing (spot instances).
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +39,7 @@ from harness.event_pipe import EventPipe
 from harness.trackers import Tracker, open_tracker, require
 from harness.trainer_process import EVENTS_PIPE_ENV, read_result
 from protocol.events import CheckpointEvent, StartEvent, StepEvent, drop_from_step, read_events
-from protocol.hashing import NOT_CONTENT, file_sha256, folder_or_file_hash
+from protocol.hashing import file_sha256
 from protocol.paths import eval_bundle_dir, track_data_dir, track_tokenizer_dir
 from protocol.record import (
     EXIT_DIVERGED,
@@ -63,6 +63,7 @@ from protocol.record import (
     write_record,
     write_spec,
 )
+from protocol.source import SOURCE_FILE, check_source, pack_source
 from protocol.timing import clock_check, last_per_step, nanochat_seconds, timed_seconds
 from protocol.tracks import Track, beats
 from submissions.contract import SUBMISSIONS_DIR, SubmissionError, check_eval_budget
@@ -571,6 +572,7 @@ def register(
     written: it returns the campaign id the server issued, which names the runs.
     """
     campaign, plugin = plan_campaign(track, submission, seeds, campaign_id)
+    source = packed_source(plugin.path, campaign.submission)
     reasons = preflight(track, nproc, 1)
     if reasons and not unofficial:
         raise Preflight(f"{'; '.join(reasons)}: run on the track's hardware, or pass --unofficial to run anyway")
@@ -603,11 +605,13 @@ def register(
     for seed, run_id, (config, plan) in zip(seeds, campaign.run_ids, plans, strict=True):
         run_dir = runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=False)
-        source = plugin.path
-        if plugin.division == "open":  # the eval and the server run this very code: it travels with the run
-            source = copy_source(plugin.path, run_dir, campaign.submission.hash)
+        (run_dir / SOURCE_FILE).write_bytes(source)
+        code = plugin.path
+        if plugin.division == "open":  # the eval and the server run this very code: the run's own copy of it
+            ref = campaign.submission
+            code = check_source(source, run_dir / SOURCE_DIR, name=ref.name, expected=ref.hash)
         spec = RunSpec(
-            submission=_relative(source, run_dir),
+            submission=_relative(code, run_dir),
             config=asdict(config),
             data_dir=_relative(write_view(run_dir / "data" / "train", {"train": splits["train"]}), run_dir),
             val_dir=_relative(write_view(run_dir / "data" / "val", {"val": splits["val"]}), run_dir),
@@ -683,20 +687,13 @@ def plan_campaign(
     return campaign, plugin
 
 
-def copy_source(path: Path, run_dir: Path, expected_hash: str) -> Path:
-    """Copy a submission's folder (or .py file) to run_dir/source/, with exactly the files its hash covers."""
-    dest = run_dir / SOURCE_DIR / path.name
-    if path.is_dir():
-        shutil.copytree(path, dest, ignore=shutil.ignore_patterns(*NOT_CONTENT))
-    else:
-        dest.parent.mkdir(parents=True)
-        shutil.copy2(path, dest)
-    if folder_or_file_hash(dest) != expected_hash:
-        raise ValueError(
-            f"the copy of {path} in {dest.parent} does not hash as the submission did (a linked folder, or it changed "
-            "while being copied): keep a submission's files plain and unchanged while it is registered"
-        )
-    return dest
+def packed_source(path: Path, ref: SubmissionRef) -> bytes:
+    """source.tar of the submission (protocol/source.py), checked to hold exactly the files its recorded hash covers:
+    what an upload carries and the leaderboard re-runs."""
+    source = pack_source(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        check_source(source, Path(scratch) / "source", name=ref.name, expected=ref.hash)
+    return source
 
 
 def _relative(path: Path, run_dir: Path) -> str:

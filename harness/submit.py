@@ -19,8 +19,8 @@ from pathlib import Path
 
 import requests
 
-from protocol.bundle import OPTIONAL, SOURCE, member_paths, source_tar
-from protocol.record import MISS_STATUSES, RECORD_FILE, read_record, read_spec
+from protocol.bundle import OPTIONAL, member_paths
+from protocol.record import MISS_STATUSES, RECORD_FILE, read_record
 
 
 class SubmitError(RuntimeError):
@@ -58,8 +58,7 @@ def register_campaign(
 def pack(run_dir: str | Path) -> bytes:
     """The bundle of one run directory as .tar.gz bytes."""
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
-    members = member_paths(run_dir, record)
+    members = member_paths(run_dir, read_record(run_dir))
     if not members["model.safetensors"].is_file():
         raise FileNotFoundError(
             f"{run_dir} has no final checkpoint with model.safetensors: only a finished run can be submitted"
@@ -71,11 +70,6 @@ def pack(run_dir: str | Path) -> bytes:
                 tar.add(path, arcname=name, recursive=False)
             elif name not in OPTIONAL:
                 raise FileNotFoundError(f"{run_dir} lacks {path.relative_to(run_dir)}: the bundle needs it")
-        if record.submission.division == "open":  # its weights need its code: the copy the run trained from
-            data = source_tar(read_spec(run_dir).path(run_dir, "submission"))
-            info = tarfile.TarInfo(SOURCE)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 

@@ -2,7 +2,7 @@
 
     speedrun serve --host 127.0.0.1 --port 8000 [--workers N]   # leaderboard.app.serve: migrates, then uvicorn
     speedrun verify --worker [--once]                # leaderboard.verifier.verify_worker
-    speedrun token create NAME [--admin]             # leaderboard.tokens.create_token (expires)
+    speedrun token create NAME [--admin] [--runner]  # leaderboard.tokens.create_token (expires)
     speedrun token revoke NAME                       # every live token of NAME
 (Submitters register runs (POST /api/registrations) and upload with `speedrun submit`, the runner side.)
 
@@ -21,15 +21,18 @@
     check_timing.py the train_time check: the timed seconds from the step events alone, claims held to them
     recompute.py    the adapter onto the frozen eval (val bpb, CORE) used by the checks
     verify_child.py the checks of one bundle, in a child process that answers JSON
-    isolation.py    the one launcher of that child: rlimits, a wall timeout, niced
-    verifier.py     claims pending verifications (leases renewed, attempts capped) and records the verdicts
+    isolation.py    the one launcher of that child: the sandbox (sandbox/), or rlimits without bubblewrap
+    jobqueue.py     claims and leases over a job table, shared by verification and reproduction
+    verifier.py     the worker pool: claims verifications (leases renewed, attempts capped), then re-runs
+    reproduction.py which verified runs are re-run (opt-in per track, chosen at random), by whom, in the sandbox
+    comparison.py   the reproduction rule: a re-run against its claim (losses, metric, time, clocks)
     ranking.py      standings per (track, submission), the significance test and the record progression
     compare.py      runs or submissions of one track side by side: curves, bars, protocol.stats.verdict
     pagecache.py    board reads built once and served as bytes with ETags, before routing when fresh
     redact.py       no message carries a server path
     charts.py       inline SVG charts rendered on the server
     chat.py         the served model, hot swaps and limited streaming generation
-    routers/        one router per resource (tracks, runs, registrations, submissions, admin, chat) and the pages
+    routers/        one router per resource (tracks, runs, registrations, submissions, admin, runners, chat), pages
     app.py          create_app() and serve()
 
 Dependencies point one way: the leaderboard builds on `protocol` (tracks, records, statistics, hashes)

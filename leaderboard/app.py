@@ -22,7 +22,7 @@ from leaderboard.db import is_sqlite, prepare_database
 from leaderboard.limits import BodyLimit, RateLimit, body_limits
 from leaderboard.models import Run
 from leaderboard.pagecache import ServeCached
-from leaderboard.routers import admin, chat, pages, registrations, runs, submissions, tracks
+from leaderboard.routers import admin, chat, pages, registrations, runners, runs, submissions, tracks
 from leaderboard.settings import Settings, database_url, get_settings
 
 log = logging.getLogger("leaderboard.app")
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = prepare_database(settings)
     sweep_storage(app.state.engine, settings)
-    for module in (tracks, runs, registrations, submissions, admin):
+    for module in (tracks, runs, registrations, submissions, admin, runners):
         app.include_router(module.router)
     app.include_router(pages.router)
     app.include_router(chat.router)

@@ -1,8 +1,9 @@
 """The service side's `speedrun` commands (speedrun.py mounts them next to the runner's).
 
 speedrun serve [--workers N]                # the leaderboard (SQLite, or DATABASE_URL)
-speedrun verify --worker                    # verify uploaded runs (several may run)
+speedrun verify --worker                    # verify uploaded runs, re-run chosen ones (several may run)
 speedrun token create NAME [--admin]        # an API token for a submitter (shown once; expires)
+speedrun token create NAME --runner         # a runner machine's token (`speedrun runner` on that machine)
 speedrun token revoke NAME                  # revoke every live token of NAME
 """
 
@@ -17,11 +18,11 @@ def _serve(args):
 
 def _verify(args):
     n = verify_worker(once=not args.worker)
-    print(f"verified {n} runs")
+    print(f"finished {n} verification and reproduction jobs")
 
 
 def _token_create(args):
-    print(create_token(args.name, admin=args.admin))
+    print(create_token(args.name, admin=args.admin, runner=args.runner))
 
 
 def _token_revoke(args):
@@ -47,6 +48,7 @@ def add_commands(sub) -> None:
     p = token.add_parser("create", help="create a token (shown once; only its hash is stored)")
     p.add_argument("name")
     p.add_argument("--admin", action="store_true")
+    p.add_argument("--runner", action="store_true", help="a runner machine's account: may take reproduction jobs")
     p.set_defaults(func=_token_create)
     p = token.add_parser("revoke", help="revoke every live token of a submitter")
     p.add_argument("name")

@@ -19,6 +19,8 @@ from leaderboard.models import (
     Check,
     CheckPublic,
     Registration,
+    Reproduction,
+    ReproductionPublic,
     Run,
     RunDetail,
     RunPublic,
@@ -297,11 +299,24 @@ def verification_of(session: Session, *, run: Run) -> Verification:
     return session.exec(select(Verification).where(Verification.run_pk == run.id)).one()
 
 
+def reproduction_of(session: Session, *, run: Run) -> Reproduction | None:
+    return session.exec(select(Reproduction).where(Reproduction.run_pk == run.id)).first()
+
+
+def reproduction_public(job: Reproduction | None, queue_position: int | None = None) -> ReproductionPublic | None:
+    if job is None:
+        return None
+    return ReproductionPublic.model_validate(
+        job, update={"reasons": job.reasons or [], "queue_position": queue_position}
+    )
+
+
 def run_public(session: Session, *, run: Run, verification: Verification | None = None) -> RunPublic:
     track = session.get(TrackRow, run.track_id)
     submission = session.get(Submission, run.submission_id)
     submitter = session.get(Submitter, run.submitter_id)
     status = (verification or verification_of(session, run=run)).status
+    reproduction = reproduction_of(session, run=run)
     return RunPublic.model_validate(
         run,
         update={
@@ -310,6 +325,7 @@ def run_public(session: Session, *, run: Run, verification: Verification | None 
             "submitter": submitter.name,
             "verification": status,
             "superseded": is_superseded(run.track_version, track.version),
+            "reproduction": reproduction.status if reproduction else None,
         },
     )
 
@@ -347,6 +363,7 @@ def run_detail(session: Session, *, run: Run) -> RunDetail:
             verification, update={"reasons": verification.reasons or []}
         ),
         checks=[CheckPublic.model_validate(c) for c in checks],
+        reproduction_detail=reproduction_public(reproduction_of(session, run=run)),
     )
 
 
@@ -362,8 +379,17 @@ def list_runs(
     """A page of runs, newest first, and the cursor of the next page (None at the end): keyset on the run's
     primary key, so page 1000 costs what page 1 does."""
     query = (
-        select(Run, Verification.status, TrackRow.name, TrackRow.version, Submission.name, Submitter.name)
+        select(
+            Run,
+            Verification.status,
+            TrackRow.name,
+            TrackRow.version,
+            Submission.name,
+            Submitter.name,
+            Reproduction.status,
+        )
         .join(Verification, Verification.run_pk == Run.id)
+        .join(Reproduction, Reproduction.run_pk == Run.id, isouter=True)
         .join(TrackRow, TrackRow.id == Run.track_id)
         .join(Submission, Submission.id == Run.submission_id)
         .join(Submitter, Submitter.id == Run.submitter_id)
@@ -387,9 +413,10 @@ def list_runs(
                 "submission": sname,
                 "submitter": who,
                 "superseded": is_superseded(run.track_version, version),
+                "reproduction": reproduced,
             },
         )
-        for run, status, tname, version, sname, who in rows[:limit]
+        for run, status, tname, version, sname, who, reproduced in rows[:limit]
     ]
     return page, (rows[limit - 1][0].id if len(rows) > limit else None)
 

@@ -3,10 +3,11 @@
     app.add_middleware(BodyLimit, limits=body_limits(settings))     # 413 from Content-Length, or while it streams
     app.add_middleware(RateLimit, settings=settings)                 # 429 with Retry-After
 
-Body caps: an upload may be Settings.max_upload_bytes, a chat request max_chat_body_bytes, anything
-else max_body_bytes. Rate limits (the `limits` library's sliding-window counters, notation "600/minute",
-"" turns one off): every request per client address, authenticated requests per token, and 401s per
-client address, which stops token guessing after a few tries. The counters live in this process (with
+Body caps: an upload may be Settings.max_upload_bytes, a chat request max_chat_body_bytes, a runner's
+reproduction result max_result_bytes, anything else max_body_bytes. Rate limits (the `limits` library's
+sliding-window counters, notation "600/minute", "" turns one off): every request per client address,
+authenticated requests per token, and 401s per client address, which stops token guessing after a few
+tries. The counters live in this process (with
 several server workers each keeps its own: the effective limit is workers x the setting). The client
 address is the socket's peer; X-Forwarded-For is believed only from Settings.trusted_proxies.
 """
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from leaderboard.settings import Settings
 
 UPLOAD_PATH, CHAT_PATH = "/api/runs", "/v1/chat/completions"
+RESULT_PATH = "/api/runners/*/jobs/*/result"  # a runner's reproduction result: a loss per step
 UNLIMITED_PATHS = ("/healthz",)
 
 
@@ -36,6 +38,7 @@ def body_limits(settings: Settings) -> dict[str, int]:
     return {
         UPLOAD_PATH: settings.max_upload_bytes,
         CHAT_PATH: settings.max_chat_body_bytes,
+        RESULT_PATH: settings.max_result_bytes,
         "": settings.max_body_bytes,
     }
 
@@ -50,10 +53,25 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, limits: dict[str, int]):
         self.app, self.limits = app, limits
 
+    def _limit(self, path: str) -> int:
+        """The cap of `path`: its own, else a pattern's that matches it (`*`: one path segment), else the default."""
+        if path in self.limits:
+            return self.limits[path]
+        parts = path.split("/")
+        for pattern, limit in self.limits.items():
+            want = pattern.split("/")
+            if (
+                "*" in pattern
+                and len(want) == len(parts)
+                and all(w in ("*", p) for w, p in zip(want, parts, strict=True))
+            ):
+                return limit
+        return self.limits[""]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        limit = self.limits.get(scope["path"].rstrip("/"), self.limits[""])
+        limit = self._limit(scope["path"].rstrip("/"))
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):

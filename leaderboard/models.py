@@ -4,8 +4,10 @@ Tables: TrackRow (a protocol track as the server knows it), Submitter + ApiToken
 Submission (name, code hash, description, link), Run (the fields the board needs, the raw record and
 the bounded summary its page draws), Verification + Check (status and each check's outcome and
 evidence), Standing (per track and submission: the verified runs' statistics and the significance
-test), RecordEntry (the record progression per track) and Registration (run ids issued before the
-runs, so every seed counts). Times are aware UTC datetimes (`utcnow()`); SQLModel stores them as UTC.
+test), RecordEntry (the record progression per track), Registration (run ids issued before the
+runs, so every seed counts), Reproduction (a verified run re-run in a sandbox and compared with its
+claim) and Runner (a machine that takes reproduction jobs over the API). Times are aware UTC datetimes
+(`utcnow()`); SQLModel stores them as UTC.
 """
 
 from datetime import UTC, datetime
@@ -16,10 +18,16 @@ from pydantic import Field as PydanticField
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from protocol.reproduce import Machine
+
 CHECK_OUTCOMES = ("pass", "fail", "skip", "error", "flag")  # error: the server could not run it (retried); flag: review
 # pending -> verified | rejected; "error" after Settings.max_attempts tries the server could not finish (an
 # admin looks; reverify queues it again); "missed" is a registered run reported failed/killed/diverged.
 VERIFICATION_STATUSES = ("pending", "verified", "rejected", "error", "missed")
+# pending (queued, or claimed: claimed_by and claimed_at say by whom) -> reproduced | disputed (the re-run differs
+# from the claim: evidence side by side; the submission is held out of the ranking) | error (could not be re-run
+# after Settings.max_attempts; an admin may queue it again)
+REPRODUCTION_STATUSES = ("pending", "reproduced", "disputed", "error")
 
 
 def utcnow() -> datetime:
@@ -71,6 +79,7 @@ class Submitter(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=100)
     is_admin: bool = False
+    is_runner: bool = False  # a runner machine's account: may take reproduction jobs (routers/runners.py)
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -92,6 +101,7 @@ class SubmitterPublic(SQLModel):
 class TokenCreate(BaseModel):
     name: str = PydanticField(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
     admin: bool = False
+    runner: bool = False
 
 
 class TokenCreated(SQLModel):
@@ -201,6 +211,24 @@ class RunPublic(RunBase):
     uploaded_at: datetime
     verification: str  # VERIFICATION_STATUSES
     superseded: bool = False  # made for an older version of the track: shown, never ranked
+    reproduction: str | None = None  # REPRODUCTION_STATUSES; None: not chosen for a re-run
+
+
+class ReproductionPublic(SQLModel):
+    status: str
+    attempts: int = 0
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    progress: str | None = None
+    queued_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    reasons: list[str] = []
+    time_ratio: float | None = None
+    reproduced_by: str | None = None
+    evidence: dict | None = None  # leaderboard/comparison.py: the claim and the re-run side by side
+    queue_position: int | None = None  # live reads only (GET /api/runs/{run_id}/reproduction, the run page)
 
 
 class RunDetail(RunPublic):
@@ -209,6 +237,7 @@ class RunDetail(RunPublic):
     record: dict
     verification_detail: VerificationPublic
     checks: list[CheckPublic]
+    reproduction_detail: ReproductionPublic | None = None
 
 
 # ------------------------------------------------------------------ verification
@@ -244,6 +273,59 @@ class Check(SQLModel, table=True):
     evidence: dict | None = _json()
 
 
+# ------------------------------------------------------------------ reproduction
+
+
+class Reproduction(SQLModel, table=True):
+    """A verified run chosen to be re-run (leaderboard/reproduction.py): a job of the verify workers' queue, or of a
+    runner machine's, and once done the comparison with the claim."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_pk: int = Field(foreign_key="run.id", unique=True, index=True)
+    status: str = Field(default="pending", index=True, max_length=20)  # REPRODUCTION_STATUSES
+    attempts: int = 0
+    claimed_by: str | None = None  # a worker id, or "runner:<id>"
+    claimed_at: datetime | None = None  # the lease: renewed while the re-run runs
+    not_before: datetime | None = None
+    queued_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    progress: str | None = None
+    error: str | None = None  # why the last attempt could not re-run it
+    reasons: list | None = _json()  # why it is disputed, one line each
+    evidence: dict | None = _json()
+    time_ratio: float | None = None  # reproduced timed seconds / claimed
+    reproduced_by: str | None = None  # the machine, as the board shows it
+    result: dict | None = _json()  # the protocol.reproduce.ReproduceResult the comparison read
+
+
+class Runner(SQLModel, table=True):
+    """A runner machine (`speedrun runner`): its account and the hardware it registered."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    submitter_id: int = Field(foreign_key="submitter.id", index=True)
+    name: str = Field(max_length=100)
+    machine: dict | None = _json()  # protocol.reproduce.Machine
+    registered_at: datetime = Field(default_factory=utcnow)
+    last_seen_at: datetime = Field(default_factory=utcnow)
+
+
+class RunnerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = PydanticField(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@:-]+$")
+    machine: Machine
+
+
+class RunnerRegistered(SQLModel):
+    runner_id: int
+    name: str
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    progress: str | None = PydanticField(default=None, max_length=200)
+
+
 # ------------------------------------------------------------------ standings and records
 
 
@@ -253,6 +335,9 @@ class StandingBase(SQLModel):
     n_rejected: int = 0
     n_registered: int = 0  # runs registered before they were run (POST /api/registrations)
     n_missed: int = 0  # registered runs that never arrived or did not complete: any miss unranks
+    n_reproduced: int = 0  # counted runs whose re-run matched the claim
+    n_disputed: int = 0  # runs whose re-run did not: any dispute unranks
+    n_reproduce_needed: int = 0  # reproduced runs it takes to rank (tracks the server re-runs)
     time_mean_s: float | None = None
     time_std_s: float | None = None
     metric_mean: float | None = None

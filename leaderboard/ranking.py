@@ -9,6 +9,10 @@ protocol.stats.summarize against the track's target. Every registered run counts
 registrations.py): one that never arrived by its deadline, or arrived failed, killed, diverged or
 rejected, is a miss, and a submission with a miss does not rank. A submission ranks when its counted
 runs meet the target with p < RECORD_P_VALUE (0.01); ranked submissions are ordered by mean timed seconds.
+On a track that opts into reproduction (protocol.tracks.Reproduce, leaderboard/reproduction.py) a
+submission with any run whose re-run disputed its claim does not rank, and on a track the server re-runs
+itself (`by = "server"`) it ranks only once min(runs_per_submission, counted runs) of its counted runs
+are reproduced: a record there is a result the server has seen happen.
 A new RecordEntry is written when a ranked submission's mean time beats the track's current record
 (the holder's own later seeds restate its entry rather than add one).
 
@@ -31,6 +35,7 @@ from leaderboard.models import (
     RecordEntry,
     RecordPublic,
     Registration,
+    Reproduction,
     Run,
     Standing,
     StandingPublic,
@@ -113,6 +118,7 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
     """Recompute one (track, submission) standing from its runs and write a record if it beats the current one."""
     rows = _runs(session, track, submission_id)
     verified = counted(rows, track)
+    reproduced, disputed, needed = _reproductions(session, track=track, rows=rows, verified=verified)
     submission = session.get(Submission, submission_id)
     n_registered, n_missed = misses(
         session, track=track, submission=submission, runs={r.run_id: v.status for r, v in rows}
@@ -127,6 +133,9 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
         "n_rejected": sum(v.status in ("rejected", "error") for _, v in rows),
         "n_registered": n_registered,
         "n_missed": n_missed,
+        "n_reproduced": reproduced,
+        "n_disputed": disputed,
+        "n_reproduce_needed": needed,
         "val_bpb_mean": _mean(v.recomputed_val_bpb for _, v in verified),
         "core_mean": _mean(v.recomputed_core for _, v in verified),
         "energy_kwh_mean": _mean(r.energy_kwh for r, _ in verified),
@@ -144,7 +153,11 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
             "metric_std": s["metric_std"],
             "p_value": s["p_value"],
             "p_value_reason": s["p_value_reason"],
-            "qualifies": bool(s["meets_record"]) and s["time_mean_s"] is not None and n_missed == 0,
+            "qualifies": bool(s["meets_record"])
+            and s["time_mean_s"] is not None
+            and n_missed == 0
+            and disputed == 0
+            and reproduced >= needed,
         }
     else:
         fields |= dict.fromkeys(("time_mean_s", "time_std_s", "metric_mean", "metric_std", "p_value"), None)
@@ -157,6 +170,24 @@ def update_standing(session: Session, *, track: TrackRow, submission_id: int) ->
     session.commit()
     READS.clear()
     return standing
+
+
+def _reproductions(session: Session, *, track: TrackRow, rows, verified) -> tuple[int, int, int]:
+    """(counted runs reproduced, runs disputed, runs that must be reproduced to rank) on this track."""
+    rule = track_from_dict(track.spec).reproduce if track.spec else None
+    if rule is None:
+        return 0, 0, 0
+    status = dict(
+        session.exec(
+            select(Reproduction.run_pk, Reproduction.status).where(
+                col(Reproduction.run_pk).in_([r.id for r, _ in rows])
+            )
+        ).all()
+    )
+    reproduced = sum(status.get(r.id) == "reproduced" for r, _ in verified)
+    disputed = sum(status.get(r.id) == "disputed" for r, _ in rows)
+    needed = min(rule.runs_per_submission, len(verified)) if rule.by == "server" else 0
+    return reproduced, disputed, needed
 
 
 def _maybe_new_record(session: Session, *, track: TrackRow, standing: Standing) -> None:
@@ -233,12 +264,16 @@ def expire_registrations(session: Session, *, since, until) -> int:
 def why_unranked(s: Standing) -> str | None:
     if s.qualifies:
         return None
+    if s.n_disputed:
+        return f"{s.n_disputed} run(s) disputed by their re-run in the server's sandbox: held for review"
     if s.n_missed:
         return f"{s.n_missed} of {s.n_registered} registered runs are misses: every seed counts"
     if s.n_verified == 0:
         return f"no verified runs yet ({s.n_pending} pending, {s.n_rejected} rejected)"
     if s.p_value is None:
         return s.p_value_reason or "no p-value"
+    if s.p_value < RECORD_P_VALUE and s.n_reproduced < s.n_reproduce_needed:
+        return f"waiting for reproduction: {s.n_reproduced} of {s.n_reproduce_needed} chosen runs re-run and matched"
     return f"p = {s.p_value:.3g}, not < {RECORD_P_VALUE}: the runs do not beat the target significantly"
 
 

@@ -17,6 +17,7 @@ from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.paths import leaderboard_dir
+from protocol.source import MAX_ARCHIVE_BYTES, SOURCE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 4 * 1024**3  # a whole request; a d24 model in fp32 is ~6 GB, in bf16 ~3 GB
     max_body_bytes: int = 64 * 1024  # any other request body (tokens, registrations, admin), before it is read
     max_chat_body_bytes: int = 256 * 1024  # a chat request (the prompt's characters are capped again after)
+    max_result_bytes: int = 32 * 1024**2  # a runner's reproduction result: one loss per step (~1M steps)
     max_expansion_ratio: float = 20.0  # a .tar.gz may unpack to this many times its size (JSON lines: ~5-10x)
     max_file_bytes: dict[str, int] = {  # per bundle member; model.safetensors is bounded by the request
         "record.json": 8 * 1024**2,
@@ -51,6 +53,7 @@ class Settings(BaseSettings):
         "events.jsonl": 256 * 1024**2,
         "telemetry.jsonl": 256 * 1024**2,
         "train.log": 256 * 1024**2,
+        SOURCE_FILE: MAX_ARCHIVE_BYTES,  # the submission's text files (protocol/source.py bounds them again)
     }
 
     bpb_abs_tolerance: float = 2e-3  # |claimed - recomputed| val bpb (bf16 GPU vs the verifier's device)
@@ -74,6 +77,12 @@ class Settings(BaseSettings):
     # Measure it per track and set TrackResources.heldout_gap_bpb above it: the golden model at 4096 tokens scores
     # shard 2 0.031 and shard 0 0.019 above the val shard, but shard 3 0.34 (another book), so pin a close shard.
     heldout_gap_bpb: float = 0.05
+    # Reproduction (leaderboard/reproduction.py): re-runs of verified runs in the sandbox, on tracks that opt in.
+    reproduce_locally: bool = True  # the verify workers re-run `by = "server"` tracks (needs bubblewrap)
+    reproduce_work_dir: Path | None = None  # where re-runs work (None: the system's temporary directory)
+    reproduce_memory_bytes: int = 16 * 1024**3  # the sandbox's memory limit (its wall time is the track's)
+    reproduce_disk_bytes: int = 10 * 1024**3  # the sandbox's disk limit under its work dir
+    runner_lease_s: float = 600.0  # a runner machine that has not renewed its job's lease by then loses it
     # Registrations (every seed counted): a registered run not uploaded within this many hours is a miss.
     registration_hours: float = 72.0
     # Accounts.

@@ -2,6 +2,7 @@
 
     from leaderboard.tokens import create_token, revoke_tokens_cli
     token = create_token("alice", admin=False)     # `speedrun token create alice` (expires: Settings.token_ttl_days)
+    token = create_token("gpu-box", runner=True)   # a runner machine: `speedrun token create gpu-box --runner`
     revoke_tokens_cli("alice")                     # `speedrun token revoke alice`: every live token of alice
 
 A token is `sr_` + 32 random bytes (urlsafe base64). Looking one up hashes it and compares hashes,
@@ -25,15 +26,19 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(session: Session, *, name: str, admin: bool = False, ttl_days: float = 90.0) -> tuple[str, ApiToken]:
-    """A new token for submitter `name` (created if new; `admin` can only grant, never revoke, admin)."""
+def issue_token(
+    session: Session, *, name: str, admin: bool = False, runner: bool = False, ttl_days: float = 90.0
+) -> tuple[str, ApiToken]:
+    """A new token for submitter `name` (created if new; `admin` and `runner` can only grant a role, never revoke it).
+
+    A runner account takes reproduction jobs (routers/runners.py): a machine an admin trusts to re-run them."""
     submitter = session.exec(select(Submitter).where(Submitter.name == name)).first()
     if submitter is None:
-        submitter = Submitter(name=name, is_admin=admin)
+        submitter = Submitter(name=name, is_admin=admin, is_runner=runner)
         session.add(submitter)
         session.flush()
-    elif admin and not submitter.is_admin:
-        submitter.is_admin = True
+    elif (admin and not submitter.is_admin) or (runner and not submitter.is_runner):
+        submitter.is_admin, submitter.is_runner = submitter.is_admin or admin, submitter.is_runner or runner
         session.add(submitter)
     token = PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
@@ -83,13 +88,13 @@ def revoke_tokens(session: Session, *, name: str) -> int:
     return len(rows)
 
 
-def create_token(name: str, admin: bool = False, *, settings: Settings | None = None) -> str:
-    """`speedrun token create NAME [--admin]`: migrate the database if needed, then issue and return a token."""
+def create_token(name: str, admin: bool = False, *, runner: bool = False, settings: Settings | None = None) -> str:
+    """`speedrun token create NAME [--admin] [--runner]`: migrate the database if needed, then issue a token."""
     settings = settings or get_settings()
     url = database_url(settings)
     migrate(url)
     with Session(get_engine(url)) as session:
-        return issue_token(session, name=name, admin=admin, ttl_days=settings.token_ttl_days)[0]
+        return issue_token(session, name=name, admin=admin, runner=runner, ttl_days=settings.token_ttl_days)[0]
 
 
 def revoke_tokens_cli(name: str, *, settings: Settings | None = None) -> int:

@@ -2,11 +2,13 @@
 
 `stage(...)` copies the members into a staging directory with a size bound on each and on how far a
 .tar.gz may expand (413), validates every member with leaderboard/members.py's strict schemas against
-the run's track (422), and returns a `StagedBundle`: named by protocol.bundle.bundle_sha256, with the
-weights' content hash and the page summary. Nothing is stored yet: the router inserts the run, then
-`store(...)` moves the directory to `storage_dir/bundles/<sha256>/`, and a failure either side removes
-it. `sweep(...)` (at start-up) removes staging directories a killed server left behind and stored
-bundles no run points to.
+the run's track (422), checks that source.tar (the submission's files, protocol/source.py: text only,
+no links, no path leaving its folder, bounded) hashes to the record's submission hash (422 naming both;
+required on a track that re-runs its submissions), and returns a `StagedBundle`: named by
+protocol.bundle.bundle_sha256, with the weights' content hash and the page summary. Nothing is stored
+yet: the router inserts the run, then `store(...)` moves the directory to `storage_dir/bundles/<sha256>/`,
+and a failure either side removes it. `sweep(...)` (at start-up) removes staging directories a killed
+server left behind and stored bundles no run points to.
 
 A record whose status is not "completed" is a report of a miss (a registered run that ended failed,
 killed, diverged, invalid or stopped): it is staged from record.json alone.
@@ -28,6 +30,7 @@ from leaderboard.summary import summarize
 from protocol.bundle import MEMBERS, REQUIRED, bundle_sha256
 from protocol.events import StepEvent
 from protocol.record import MISS_STATUSES, RECORD_FILE, RunRecord, parse_record
+from protocol.source import SOURCE_FILE, SourceError, check_source
 from protocol.tracks import Track
 
 CHUNK = 1 << 20
@@ -186,6 +189,19 @@ def _validate(staged: StagedBundle, track_for: Callable[[RunRecord], Track]) -> 
     missing = [n for n in REQUIRED if n not in staged.files]
     if missing:
         raise BundleError(422, f"the bundle lacks {', '.join(missing)}: `speedrun submit RUN_DIR` sends them all")
+    if SOURCE_FILE in staged.files:
+        _check_source(staged, record)
+    elif track.reproduce is not None or record.submission.division == "open":
+        why = (
+            "an open run's weights need its model code"
+            if track.reproduce is None
+            else f"track {track.name} re-runs submissions"
+        )
+        raise BundleError(
+            422,
+            f"the bundle lacks {SOURCE_FILE}: {why}, so a run carries its source "
+            f"(`speedrun submit` sends the {SOURCE_FILE} `speedrun run` packed; a run made without one must run again)",
+        )
     if record.timing is None or record.result is None:
         raise BundleError(422, f"{RECORD_FILE} of a completed run has no timing or result: send the runner's record")
     if record.timing.steps > members.MAX_STEPS:
@@ -215,6 +231,24 @@ def _validate(staged: StagedBundle, track_for: Callable[[RunRecord], Track]) -> 
     if not any(isinstance(e, StepEvent) for e in events):
         raise BundleError(422, "events.jsonl has no step events: send the events.jsonl the trainer wrote")
     staged.summary = summarize(events, info, samples)
+
+
+def _check_source(staged: StagedBundle, record: RunRecord) -> None:
+    """source.tar holds exactly the submission the record names: every member safe, the files' hash the record's."""
+    ref = record.submission
+    claimed = record.provenance.submission if record.provenance else None
+    if claimed is not None and claimed.hash != ref.hash:
+        raise BundleError(
+            422,
+            f"{RECORD_FILE} names submission hash {ref.hash} but provenance {claimed.hash}: send the runner's record",
+        )
+    scratch = staged.dir / "source-check"  # removed before the bundle is stored: it holds the members only
+    try:
+        check_source((staged.dir / SOURCE_FILE).read_bytes(), scratch, name=ref.name, expected=ref.hash)
+    except SourceError as e:
+        raise BundleError(422, str(e)) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def store(staged: StagedBundle, *, storage_dir: Path) -> Path:

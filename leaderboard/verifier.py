@@ -1,16 +1,17 @@
 """The verifier: claims pending runs, runs every check in a limited child process, records the verdict.
 
     speedrun verify --worker            # leaderboard.verifier.verify_worker(once=False): poll forever
-    speedrun verify --worker --once     # verify what is pending now, then exit
+    speedrun verify --worker --once     # verify (and re-run) what is pending now, then exit
 
-Several workers can share one PostgreSQL database: a job is claimed with SELECT … FOR UPDATE SKIP
-LOCKED and a guarded UPDATE in the same transaction, so no two workers take the same job (on SQLite,
-whose writers are serialised, the guarded UPDATE alone decides). A claim is a lease, renewed while
-its child runs: a job whose worker died is claimed again after Settings.claim_lease_s, never while
-its worker lives.
+The same pool takes reproduction jobs when no verification is waiting (leaderboard/reproduction.py: a
+verified run of a track that opts in, re-run in the sandbox and compared with its claim).
 
-The checks run in leaderboard/verify_child.py under leaderboard/isolation.py's limits (memory, CPU,
-file size, wall clock): no bundle can stop the worker. A child that dies, or a check that reports
+Several workers can share one database (leaderboard/jobqueue.py: SELECT … FOR UPDATE SKIP LOCKED on
+PostgreSQL, a guarded UPDATE on SQLite). A claim is a lease, renewed while its child runs: a job whose
+worker died is claimed again after Settings.claim_lease_s, never while its worker lives.
+
+The checks run in leaderboard/verify_child.py behind leaderboard/isolation.py's walls (the sandbox; rlimits without it:
+memory, CPU, file size, wall clock): no bundle can stop the worker. A child that dies, or a check that reports
 "error" (the server could not check: missing data), leaves the job pending, retried after
 Settings.retry_after_s; after Settings.max_attempts the run ends "error", for an admin (reverify
 queues it again). Any failed check rejects the run with every reason; a "flag" (held-out gap)
@@ -26,13 +27,12 @@ import traceback
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
-from leaderboard import crud, isolation, ranking
+from leaderboard import crud, isolation, jobqueue, ranking, reproduction
 from leaderboard.checks import CheckResult
 from leaderboard.db import prepare_database
-from leaderboard.models import Check, Run, TrackRow, Verification, utcnow
+from leaderboard.models import Check, Reproduction, Run, TrackRow, Verification, utcnow
 from leaderboard.redact import redact
 from leaderboard.resources import server_facts
 from leaderboard.settings import Settings, database_url, get_settings
@@ -51,52 +51,13 @@ TRACK_FIELDS = (
 
 
 def claim(session: Session, *, worker_id: str, lease_s: float) -> Verification | None:
-    """Take the oldest claimable pending job for `worker_id`, or None when there is none."""
-    now = utcnow()
-    query = (
-        select(Verification)
-        .where(
-            Verification.status == "pending",
-            or_(Verification.claimed_at.is_(None), Verification.claimed_at < now - timedelta(seconds=lease_s)),
-            or_(Verification.not_before.is_(None), Verification.not_before <= now),
-        )
-        .order_by(Verification.id)
-        .limit(1)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    job = session.exec(query).first()
-    if job is None:
-        session.rollback()
-        return None
-    taken = session.exec(
-        update(Verification)
-        .where(
-            Verification.id == job.id,
-            Verification.status == "pending",
-            Verification.claimed_at == job.claimed_at
-            if job.claimed_at is not None
-            else Verification.claimed_at.is_(None),
-        )
-        .values(claimed_by=worker_id, claimed_at=now, attempts=Verification.attempts + 1)
-    ).rowcount
-    session.commit()
-    if taken != 1:
-        return None  # another worker won it between the select and the update (SQLite only)
-    session.refresh(job)
-    return job
+    """Take the oldest claimable pending verification for `worker_id`, or None when there is none."""
+    return jobqueue.claim(session, Verification, worker_id=worker_id, lease_s=lease_s)
 
 
 def renew(engine, *, job_id: int, worker_id: str) -> bool:
     """Extend a held lease (claimed_at = now); False when the job is no longer this worker's."""
-    with Session(engine) as session:
-        renewed = session.exec(
-            update(Verification)
-            .where(Verification.id == job_id, Verification.claimed_by == worker_id, Verification.status == "pending")
-            .values(claimed_at=utcnow())
-        ).rowcount
-        session.commit()
-    return renewed == 1
+    return jobqueue.renew(engine, Verification, job_id=job_id, worker_id=worker_id)
 
 
 def job_input(run: Run, track: TrackRow, settings: Settings) -> bytes:
@@ -123,13 +84,22 @@ def limits_of(settings: Settings) -> isolation.Limits:
     )
 
 
+def child_reads(run: Run, track: TrackRow, settings: Settings) -> list[Path]:
+    """What the verification child reads besides the project: the bundle and the server's copies for the track."""
+    facts = server_facts(track, settings)
+    paths = [Path(settings.storage_dir) / "bundles" / run.bundle_sha256]
+    paths += [p for p in (facts.data_dir, facts.tokenizer_dir, facts.eval_bundle) if p is not None and p.exists()]
+    return paths + [p for p in facts.heldout_files if p.exists()]
+
+
 def run_child(run: Run, track: TrackRow, settings: Settings, tick) -> tuple[list[CheckResult], dict]:
     """The child's (results, recomputed); its failure is one "error" result saying why."""
     try:
         out = isolation.run_limited(
             ["-m", "leaderboard.verify_child"],
-            stdin=job_input(run, track, settings),
+            job=job_input(run, track, settings),
             limits=limits_of(settings),
+            read_only=child_reads(run, track, settings),
             tick=tick,
             tick_s=max(1.0, settings.claim_lease_s / 3),
         )
@@ -188,6 +158,8 @@ def verify(session: Session, *, job: Verification, settings: Settings, worker_id
         job.flag = "; ".join(flags) or None
     session.add(job)
     session.commit()
+    if job.status == "verified":
+        reproduction.maybe_queue(session, run=run, track=track)  # on tracks that opt in: maybe this run, re-run
     crud.store_detail(session, run=run)
     ranking.update_standing(session, track=track, submission_id=run.submission_id)
     session.refresh(job)
@@ -196,18 +168,15 @@ def verify(session: Session, *, job: Verification, settings: Settings, worker_id
     return job
 
 
-def _give_up(engine, job_id: int, error: str, settings: Settings) -> None:
-    """A job whose verification raised in the worker itself: an error attempt, like a dead child."""
+def _give_up(engine, model, job_id: int, error: str, settings: Settings) -> None:
+    """A job (Verification or Reproduction) that raised in the worker itself: an error attempt, like a dead child."""
     with Session(engine) as session:
-        job = session.get(Verification, job_id)
+        job = session.get(model, job_id)
         if job is None or job.status != "pending":
             return
-        job.error = redact(error)[:2000]
-        if job.attempts >= settings.max_attempts:
-            job.status, job.finished_at = "error", utcnow()
-        else:
-            job.claimed_by = job.claimed_at = None
-            job.not_before = utcnow() + timedelta(seconds=settings.retry_after_s)
+        jobqueue.retry_later(
+            job, error=redact(error), max_attempts=settings.max_attempts, retry_after_s=settings.retry_after_s
+        )
         session.add(job)
         session.commit()
         crud.store_detail(session, run=session.get(Run, job.run_pk))
@@ -223,9 +192,12 @@ def verify_worker(
     settings = settings or get_settings()
     engine = prepare_database(settings)
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+    no_reruns = reproduction.local_unavailable(settings)
+    if no_reruns is not None:  # weights are still verified: the verification child runs no uploaded code
+        log.warning("verifier: re-runs are off on this worker (runner machines can take them): %s", no_reruns)
     done, expired_until = 0, utcnow()
     while True:
-        job_id = None
+        job_id, model = None, Verification
         try:
             with Session(engine) as session:
                 now = utcnow()  # registered runs whose deadline passed are misses from now on
@@ -237,11 +209,17 @@ def verify_worker(
                     verify(session, job=job, settings=settings, worker_id=worker_id)
                     done += 1
                     continue
+                rerun = None if no_reruns else reproduction.claim_local(session, worker_id=worker_id, settings=settings)
+                if rerun is not None:
+                    job_id, model = rerun.id, Reproduction
+                    reproduction.reproduce_locally(session, job=rerun, settings=settings, worker_id=worker_id)
+                    done += 1
+                    continue
         except Exception:  # noqa: BLE001 -- the worker outlives any one job and any one outage
             log.exception("verifier: %s", f"job {job_id} failed in the worker" if job_id else "database error")
             if job_id is not None:
                 try:
-                    _give_up(engine, job_id, traceback.format_exc(limit=1).strip().splitlines()[-1], settings)
+                    _give_up(engine, model, job_id, traceback.format_exc(limit=1).strip().splitlines()[-1], settings)
                     done += 1
                     continue
                 except Exception:  # noqa: BLE001 -- the database itself is away: wait and poll again

@@ -1,6 +1,6 @@
 """The verification child: every check of one stored bundle, its verdict printed as JSON on stdout.
 
-    python -m leaderboard.verify_child < job.json        # what leaderboard/isolation.py starts, under limits
+    python -m leaderboard.verify_child JOB_FILE      # what leaderboard/isolation.py starts: sandboxed, or rlimited
 
 job:    {"record": {...}, "track": {...} (the TrackRow's fields), "spec": {...} (protocol.tracks.Track.to_dict()),
          "bundle_dir": "...", "facts": "..." (checks.ServerFacts.to_json()), "telemetry_info": {...} | null}
@@ -81,12 +81,12 @@ def _metric(record, bundle_dir: Path, track, facts) -> tuple[list[checks.CheckRe
         return [checks.CheckResult("metric", "error", why, {"traceback": trace})], {}
 
 
-def main() -> None:
-    job = json.loads(sys.stdin.buffer.read())
+def main(job_file: str) -> None:
+    job = json.loads(Path(job_file).read_bytes())
     results, recomputed = run_checks(job)
     answer = {"results": [r.__dict__ for r in results], "recomputed": recomputed}
     sys.stdout.write(json.dumps(answer, default=str))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1])

@@ -94,7 +94,7 @@ def read_spec(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {SPEC_FILE}: pass a run directory made by `speedrun run`")
-    return _parse(RunSpec, json.loads(path.read_text()), path)
+    return parse_model(RunSpec, json.loads(path.read_text()), path)
 
 
 # ---------------------------------------------------------------------------------------- record.json
@@ -335,7 +335,7 @@ def write_campaign(runs_dir: str | Path, campaign: Campaign) -> Path:
 
 
 def read_campaign(path: str | Path) -> Campaign:
-    return _parse(Campaign, json.loads(Path(path).read_text()), str(path))
+    return parse_model(Campaign, json.loads(Path(path).read_text()), str(path))
 
 
 def find_campaign(name: str | Path, runs_dir: str | Path = "runs") -> Path | None:
@@ -385,7 +385,7 @@ def parse_record(raw, *, where: str = "the record") -> RunRecord:
             f"{where} has schema version {version}; this speedrun reads versions 1 and {RECORD_SCHEMA}: "
             "upgrade speedrun to read it"
         )
-    return _parse(RunRecord, raw, where)
+    return parse_model(RunRecord, raw, where)
 
 
 def upgrade_v1(raw: dict) -> dict:
@@ -425,7 +425,8 @@ def _write(path: Path, model: BaseModel) -> Path:
     return path
 
 
-def _parse(cls, raw, where: str):
+def parse_model(cls, raw, where: str):
+    """`cls` (a pydantic model) from `raw`; a ValueError of one line naming `where`, the field and the problem."""
     try:
         return cls.model_validate(raw)
     except ValidationError as e:

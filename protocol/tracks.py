@@ -74,6 +74,41 @@ def beats(value: float | None, threshold: float, higher_is_better: bool) -> bool
 
 KINDS = ("time_to_target", "budget")
 DIVISIONS = ("closed", "open")  # submissions/contract.py: the baseline's model, or the submission's own
+REPRODUCERS = ("server", "runners")
+
+
+@dataclass(frozen=True)
+class Reproduce:
+    """`[reproduce]`: the leaderboard re-runs some verified runs of each submission in a sandbox and compares.
+
+    by "server": the leaderboard's own verify workers re-run them (CPU tracks; a record there needs its runs
+    reproduced); "runners": registered runner machines with the track's hardware do (`speedrun runner`).
+    The tolerances are the track's: what the same seed, versions and threads reproduce on its hardware."""
+
+    by: str
+    runs_per_submission: int = 1  # re-run this many of a submission's verified runs, chosen at random
+    loss_abs_tolerance: float = 1e-4  # max |claimed - reproduced| of any step's training loss
+    metric_abs_tolerance: float = 1e-4  # |claimed - reproduced| of the final metric
+    # reproduced timed seconds / claimed: over this on the run's own hardware (same CPU model or GPUs) disputes
+    # the claimed time; faster than claimed is never held against a run
+    time_ratio_max: float = 1.5
+    wall_s: float = 3600.0  # the sandbox's wall-time limit for one re-run (warm-up, training and eval)
+
+    def problems(self, track: "Track") -> list[str]:
+        found = []
+        if self.by not in REPRODUCERS:
+            found.append(f"[reproduce] by = {self.by!r}: use one of {', '.join(REPRODUCERS)}")
+        if self.by == "server" and track.hardware.kind != "cpu":
+            found.append('[reproduce] by = "server" needs a CPU track: the server re-runs on its CPUs only')
+        if not track.dataset.content_hash:
+            found.append("[reproduce] needs the dataset's content_hash pinned: a re-run must read the same data")
+        if track.kind == "budget":
+            found.append("[reproduce] is for time_to_target tracks: a budget run's steps depend on its speed")
+        if self.runs_per_submission < 1 or min(self.loss_abs_tolerance, self.metric_abs_tolerance) < 0:
+            found.append("[reproduce] needs runs_per_submission >= 1 and tolerances >= 0")
+        if self.time_ratio_max < 1 or self.wall_s <= 0:
+            found.append("[reproduce] needs time_ratio_max >= 1 and wall_s > 0")
+        return found
 
 
 @dataclass(frozen=True)
@@ -114,6 +149,7 @@ class Track:
     calibration: dict = field(default_factory=dict)
     kind: str = "time_to_target"  # KINDS
     divisions: tuple[str, ...] = ("closed",)  # which of DIVISIONS it ranks
+    reproduce: Reproduce | None = None  # None: the track's runs are verified, never re-run
     path: Path | None = field(default=None, compare=False)  # where it was read from (never serialized)
 
     def training_config(self, overrides: dict | None = None) -> dict:
@@ -159,6 +195,7 @@ def track_from_dict(raw: dict, path: Path | None = None) -> Track:
         calibration=dict(raw.get("calibration", {})),
         kind=raw.get("kind", "time_to_target"),
         divisions=tuple(raw.get("divisions", ("closed",))),
+        reproduce=Reproduce(**raw["reproduce"]) if raw.get("reproduce") else None,
         path=path,
     )
 
@@ -174,6 +211,8 @@ def load_track(name_or_path: str | Path) -> Track:
         raise ValueError(f"track file {path.name}: kind {track.kind!r} needs [target] budget_s exactly when 'budget'")
     if not track.divisions or set(track.divisions) - set(DIVISIONS):
         raise ValueError(f"track file {path.name}: divisions {list(track.divisions)} must be some of {list(DIVISIONS)}")
+    if track.reproduce is not None and (problems := track.reproduce.problems(track)):
+        raise ValueError(f"track file {path.name}: {'; '.join(problems)}")
     return track
 
 

@@ -4,7 +4,7 @@
     if (why := available()) is not None: raise SystemExit(why)
     result = run([sys.executable, "train.py"], work_dir=run_dir, read_only=[code_dir, data_dir],
                  env={"OMP_NUM_THREADS": "4"}, limits=Limits(wall_s=3600))
-    result.status   # "ok" | "failed" | "timeout" | "memory" | "processes" | "disk"
+    result.status   # "ok" | "failed" | "timeout" | "memory" | "processes" | "disk" | "cancelled"
 
 The leaderboard re-runs uploaded submissions, which are arbitrary Python; this is the one place
 where such code is started. Each wall, how it is enforced, and the test in tests/test_sandbox.py
@@ -55,6 +55,9 @@ that tries to get past it:
   namespace takes every process in it along; and run() does not return before each is gone. A
   later run() also kills what is left in the cgroups of dead callers. Proved by
   test_wall_limit_kills_the_whole_tree and test_sandbox_dies_with_its_caller.
+- Cancelling: a caller's `tick()`, called every `tick_s` while the sandbox runs (renew a job's lease,
+  report progress), ends it by returning False (status "cancelled"): the same kill as a limit's. Proved
+  by test_a_tick_that_returns_false_cancels_the_run.
 - Without bwrap (or without user namespaces) `available()` returns one line that says how to fix
   it, and run() raises it and starts nothing: test_without_bwrap_run_refuses_with_the_available_line.
 
@@ -81,7 +84,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,7 +200,7 @@ class SandboxResult:
     """How a sandboxed run ended. `status`: "ok", "failed" (non-zero exit) or the limit it hit."""
 
     returncode: int | None  # as a shell reports it (128+N for signal N); None when run() killed it
-    status: str  # "ok" | "failed" | "timeout" | "memory" | "processes" | "disk"
+    status: str  # "ok" | "failed" | "timeout" | "memory" | "processes" | "disk" | "cancelled"
     wall_s: float
     reason: str | None = None  # one line for every status but "ok"
     # why a memory or process limit was left to the polling watchdog (no usable cgroup); empty when
@@ -256,12 +259,15 @@ def run(
     cwd: Path | None = None,
     stdout=None,
     stderr=None,
+    tick: Callable[[], bool] | None = None,
+    tick_s: float = 30.0,
 ) -> SandboxResult:
     """Run `cmd` in a sandbox (see the module docstring) and wait for it, limits enforced.
 
     read_only: the code and data the command needs (an editable install's source dir too: only
     site-packages is bound, not what its .pth files point at).
     stdout/stderr: None (inherit), subprocess.DEVNULL, a file descriptor or an open file; not PIPE.
+    tick: called every `tick_s` seconds while the command runs; returning False kills it ("cancelled").
     """
     why = available()
     if why is not None:
@@ -327,7 +333,7 @@ def run(
         for fd in data_fds:
             os.close(fd)
         data_fds.clear()
-        status, reason, returncode = _watch(proc, group, work_dir, limits, start)
+        status, reason, returncode = _watch(proc, group, work_dir, limits, start, tick, tick_s)
     finally:
         for fd in data_fds:
             os.close(fd)
@@ -345,10 +351,16 @@ def run(
 
 
 def _watch(
-    proc: subprocess.Popen, group: cgroup.LimitGroup, work_dir: Path, limits: Limits, start: float
+    proc: subprocess.Popen,
+    group: cgroup.LimitGroup,
+    work_dir: Path,
+    limits: Limits,
+    start: float,
+    tick: Callable[[], bool] | None,
+    tick_s: float,
 ) -> tuple[str, str | None, int | None]:
-    """Wait for the sandbox, killing it at the first breached limit: (status, reason, returncode)."""
-    next_disk_check, returncode = 0.0, None
+    """Wait for the sandbox, killing it at the first breached limit or refused tick: (status, reason, returncode)."""
+    next_disk_check, next_tick, returncode = 0.0, start + tick_s, None
     while True:
         try:
             returncode = proc.wait(timeout=POLL_S)
@@ -357,6 +369,10 @@ def _watch(
         now = time.monotonic()
         if returncode is None and now - start > limits.wall_s:
             return "timeout", f"killed after the wall-time limit of {limits.wall_s:g} s", None
+        if returncode is None and tick is not None and now >= next_tick:
+            next_tick = now + tick_s
+            if not tick():
+                return "cancelled", "cancelled by its caller (tick returned False)", None
         breach = _breached(proc, group, limits)
         if breach is None and (returncode is not None or now >= next_disk_check):
             used = _disk_usage(work_dir)

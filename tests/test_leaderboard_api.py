@@ -33,6 +33,7 @@ FIELD = {
     "model.safetensors": "model",
     "meta.json": "meta",
     "train.log": "log",
+    "source.tar": "source",
 }
 
 

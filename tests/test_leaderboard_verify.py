@@ -5,11 +5,13 @@ model's val bpb (4 batches of 4x256 tokens on CPU): a few seconds each.
 """
 
 import json
+import os
 
 import pytest
 from sqlmodel import Session, select
 
-from leaderboard import checks
+import sandbox
+from leaderboard import checks, isolation
 from leaderboard.models import Verification
 from leaderboard.verifier import claim, verify_worker
 from protocol.record import read_record
@@ -177,3 +179,33 @@ def test_a_core_track_recomputes_core_and_compares_it(golden_bundles, monkeypatc
     record.result = record.result.model_copy(update={"core": 0.30, "value": 0.30})
     results, _ = checks.check_metric(record, bundle_dir, track, facts)
     assert [r.outcome for r in results if r.name in ("core", "metric")] == ["fail", "fail"]
+
+
+WHAT_THE_CHILD_SEES = (
+    "import json, os, sys; json.dump({'env': sorted(os.environ), 'uid': os.getuid(), 'job': open(sys.argv[-1]).read(),"
+    " 'given': os.listdir(sys.argv[1]), 'repo': os.path.isdir(os.path.join(os.getcwd(), 'leaderboard'))}, sys.stdout)"
+)
+
+
+@pytest.mark.parametrize("bubblewrap", [True, False])
+def test_the_verification_child_runs_in_the_sandbox_and_under_rlimits_without_it(tmp_path, monkeypatch, bubblewrap):
+    if bubblewrap and sandbox.available() is not None:
+        pytest.skip(sandbox.available())
+    if not bubblewrap:
+        monkeypatch.setattr(
+            sandbox, "available", lambda: "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+        )
+    monkeypatch.setenv("DATABASE_URL", "postgresql://speedrun:secret@127.0.0.1/speedrun")
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "model.safetensors").write_bytes(b"x")
+    limits = isolation.Limits(memory_bytes=2 * 2**30, cpu_s=120, wall_s=120, file_bytes=2**20)
+    out = isolation.run_limited(
+        ["-c", WHAT_THE_CHILD_SEES, str(tmp_path / "bundle")], job=b'{"run": 1}', limits=limits,
+        read_only=[tmp_path / "bundle"],
+    )  # fmt: skip
+    seen = json.loads(out)
+    assert seen["job"] == '{"run": 1}' and seen["given"] == ["model.safetensors"]
+    if bubblewrap:  # nobody, none of the server's environment; the project and what it was given, read-only
+        assert seen["uid"] == 65534 and "DATABASE_URL" not in seen["env"] and seen["repo"], seen
+    else:  # the rlimited child: the worker's own user (it runs no uploaded code)
+        assert seen["uid"] == os.getuid()

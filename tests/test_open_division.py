@@ -35,9 +35,9 @@ from eval.open_model import score, score_in_sandbox
 from harness import runner
 from harness.guard import Guard, RefusedAccess
 from harness.submit import pack
-from protocol.bundle import SOURCE, source_tar
 from protocol.hashing import file_sha256, folder_or_file_hash
 from protocol.record import EXIT_INVALID, SubmissionRef, read_record, read_spec
+from protocol.source import SOURCE_FILE, check_source, pack_source
 from protocol.tracks import load_track
 from submissions import SubmissionError, check_submission, load_submission
 from submissions.conformance import CHECK_CONFIG, check_plan
@@ -579,11 +579,10 @@ def test_the_open_eval_refuses_a_source_changed_after_registration(open_run, tmp
 def test_the_bundle_of_an_open_run_carries_its_source_as_the_record_hashes_it(open_run, tmp_path):
     _, run_dir, record = open_run
     with tarfile.open(fileobj=io.BytesIO(pack(run_dir))) as bundle:
-        member = bundle.extractfile(SOURCE).read()
-    assert member == source_tar(run_dir / "source" / "open_baseline")  # the same code, the same bytes
-    with tarfile.open(fileobj=io.BytesIO(member)) as tar:
-        tar.extractall(tmp_path, filter="data")
-    assert folder_or_file_hash(tmp_path / "open_baseline") == record.submission.hash
+        member = bundle.extractfile(SOURCE_FILE).read()
+    assert member == pack_source(run_dir / "source" / "open_baseline")  # the code it trained from, the same bytes
+    unpacked = check_source(member, tmp_path / "unpacked", name="open_baseline", expected=record.submission.hash)
+    assert folder_or_file_hash(unpacked) == record.submission.hash
 
 
 @pytest.mark.skipif(sandbox.available() is not None, reason=f"no sandbox here: {sandbox.available()}")

@@ -275,6 +275,26 @@ def test_wall_limit_kills_the_whole_tree(work_dir):
     assert processes_with(marker) == [], "a sandboxed process outlived its wall-time kill"
 
 
+def test_a_tick_that_returns_false_cancels_the_run(work_dir):
+    marker = f"cancelled-{uuid.uuid4().hex[:8]}"
+    ticks = []
+
+    def tick() -> bool:  # a job's lease renewal: the second one finds the lease lost
+        ticks.append(time.monotonic())
+        return len(ticks) < 2
+
+    result = run(
+        [sys.executable, "-c", "import time; time.sleep(300)", marker],
+        work_dir=work_dir,
+        limits=Limits(wall_s=60),
+        tick=tick,
+        tick_s=0.5,
+    )
+    assert (result.status, result.returncode) == ("cancelled", None), result
+    assert len(ticks) == 2 and result.wall_s < 10, result
+    assert processes_with(marker) == [], "a cancelled sandbox left a process behind"
+
+
 def test_sandbox_dies_with_its_caller(work_dir):
     marker = f"orphan-{uuid.uuid4().hex[:8]}"
     # the marker reaches the caller through its environment, so only the sandboxed sleeper shows it

@@ -1,11 +1,12 @@
-"""/api/me, /api/tokens and /api/admin: who a token is, revoking tokens, issuing them, re-verification and
-clearing a review flag (admin routes: 401 without a token, 403 for a non-admin)."""
+"""/api/me, /api/tokens and /api/admin: who a token is, revoking tokens, issuing them, re-verification,
+clearing a review flag and queueing a re-run (admin routes: 401 without a token, 403 for a non-admin)."""
 
 from fastapi import APIRouter, HTTPException, Path, Request
 
-from leaderboard import crud, ranking
+from leaderboard import crud, ranking, reproduction
 from leaderboard.deps import CurrentAdmin, CurrentSubmitter, SessionDep, SettingsDep
 from leaderboard.models import (
+    ReproductionPublic,
     SubmitterPublic,
     TokenCreate,
     TokenCreated,
@@ -33,7 +34,9 @@ def revoke_current_token(request: Request, session: SessionDep, submitter: Curre
 
 @router.post("/admin/tokens", status_code=201, summary="Issue an API token (shown once)", responses=AUTH)
 def create_token(body: TokenCreate, session: SessionDep, settings: SettingsDep, _admin: CurrentAdmin) -> TokenCreated:
-    token, row = issue_token(session, name=body.name, admin=body.admin, ttl_days=settings.token_ttl_days)
+    token, row = issue_token(
+        session, name=body.name, admin=body.admin, runner=body.runner, ttl_days=settings.token_ttl_days
+    )
     return TokenCreated(name=body.name, admin=body.admin, token=token, expires_at=row.expires_at)
 
 
@@ -85,3 +88,18 @@ def clear_flag(run_id: str, session: SessionDep, admin: CurrentAdmin) -> Verific
     ranking.update_standing(session, track=session.get(TrackRow, run.track_id), submission_id=run.submission_id)
     session.refresh(verification)
     return VerificationPublic.model_validate(verification, update={"reasons": verification.reasons or []})
+
+
+@router.post(
+    "/admin/runs/{run_id}/reproduce",
+    summary="Queue a verified run's re-run again (after an error, or to check a dispute), or for the first time",
+    responses={**AUTH, 404: {"description": "No such run"}, 409: {"description": "Not verified, or no [reproduce]"}},
+)
+def queue_reproduction(run_id: str, session: SessionDep, _admin: CurrentAdmin) -> ReproductionPublic:
+    run = _run_or_404(session, run_id)
+    track = session.get(TrackRow, run.track_id)
+    try:
+        job = reproduction.requeue(session, run=run, track=track)
+    except ValueError as e:
+        raise HTTPException(409, detail=str(e)) from None
+    return crud.reproduction_public(job)

@@ -7,7 +7,8 @@
                       with the record, and the record progression chart
 /runs/{run_id}        loss curve, telemetry (power, utilization, memory: the charts the run's hardware has
                       data for), checks, config, provenance, its owner and when it was uploaded, and the
-                      bundle's files (links for everyone once it is verified)
+                      bundle's files (links for everyone once it is verified), its queue position,
+                      and its reproduction: status, progress, the claim and the re-run side by side
 /submissions/{id}     a submission and its runs, with a link to its runs' curves on each track
 /compare?...          runs or submissions side by side: curves, bars, verdicts (leaderboard/compare.py)
 Every page is built from what the database holds (a run's charts from its stored summary, never from
@@ -29,7 +30,7 @@ from sqlalchemy import func
 from sqlmodel import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from leaderboard import crud, ranking
+from leaderboard import crud, ranking, reproduction
 from leaderboard.charts import Series, bar_chart, line_chart
 from leaderboard.compare import MAX_COMPARED, comparison, parse_ids
 from leaderboard.deps import SettingsDep, open_session
@@ -208,6 +209,19 @@ def ran_on_gpus(record: dict) -> bool:
     return bool(environment.get("gpus"))
 
 
+def reproduction_chart(evidence: dict | None) -> Markup:
+    """The claimed and the reproduced training loss, step by step, on one chart."""
+    pairs = ((evidence or {}).get("losses") or {}).get("pairs") or []
+    if not pairs:
+        return Markup("")
+    return line_chart(
+        [Series("claimed", [(s, a) for s, a, _ in pairs]), Series("reproduced", [(s, b) for s, _, b in pairs])],
+        title="training loss: claimed and reproduced",
+        x_label="step",
+        y_label="nats",
+    )
+
+
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 async def run_page(run_id: str, request: Request, settings: SettingsDep):
     def build() -> str:
@@ -216,6 +230,8 @@ async def run_page(run_id: str, request: Request, settings: SettingsDep):
             detail = crud.run_detail(session, run=run)
             track = session.get(TrackRow, run.track_id)
             summary = run.summary or {}
+            job, rule = crud.reproduction_of(session, run=run), reproduction.rule_of(track)
+            live = crud.reproduction_public(job, reproduction.queue_position(session, job=job) if job else None)
             return render(
                 "run.html",
                 run=detail,
@@ -224,6 +240,11 @@ async def run_page(run_id: str, request: Request, settings: SettingsDep):
                 gpus=ran_on_gpus(detail.record),
                 loss_chart=loss_chart(summary),
                 telemetry_charts=telemetry_charts(summary),
+                reproduction=live,
+                reproduces=rule is not None,
+                unavailable=reproduction.local_unavailable(settings) if rule and rule.by == "server" else None,
+                reproduction_chart=reproduction_chart(live.evidence if live else None),
+                verification_queue=reproduction.queue_position(session, job=crud.verification_of(session, run=run)),
             )
 
     return await cached_response(request, settings.cache_ttl_s, build, HTML)

@@ -21,13 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from leaderboard import crud, ranking, uploads
+from leaderboard import crud, ranking, reproduction, uploads
 from leaderboard.deps import CurrentSubmitter, OptionalSubmitter, SessionDep, SettingsDep, open_session
-from leaderboard.models import RunDetail, RunPublic, Submitter, TrackRow
+from leaderboard.models import ReproductionPublic, RunDetail, RunPublic, Submitter, TrackRow
 from leaderboard.pagecache import cached_response
 from leaderboard.routers.tracks import track_or_404
 from protocol.bundle import MEMBERS
 from protocol.record import RunRecord
+from protocol.source import SOURCE_FILE
 from protocol.tracks import Track, track_from_dict
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
@@ -38,6 +39,7 @@ FIELDS = {
     "model": "model.safetensors",
     "meta": "meta.json",
     "log": "train.log",
+    "source": SOURCE_FILE,
 }
 LINK = re.compile(r"^https?://[^\s]{1,2000}$")
 MEDIA = {
@@ -45,6 +47,7 @@ MEDIA = {
     ".jsonl": "application/x-ndjson",
     ".log": "text/plain; charset=utf-8",
     ".safetensors": "application/octet-stream",
+    ".tar": "application/x-tar",
 }
 MAX_LIMIT = 100
 RUNS = TypeAdapter(list[RunPublic])
@@ -87,7 +90,8 @@ async def upload_run(
     request: Request, response: Response, settings: SettingsDep, submitter: CurrentSubmitter
 ) -> RunPublic:
     """A bundle as one `.tar.gz` (field `bundle`) or as its files (`record`, `events`, `telemetry`, `model`,
-    `meta`, optional `log`); `description` and `link` describe the submission. A failed, killed or
+    `meta`, optional `log`, `source`: required on a track that re-runs submissions); `description` and `link`
+    describe the submission. A failed, killed or
     diverged run of a registered run id is reported by its `record` alone (a miss)."""
     form = await request.form(max_files=len(FIELDS) + 1, max_fields=2, max_part_size=16 * 1024)
     try:
@@ -270,6 +274,25 @@ async def read_run(run_id: str, request: Request, settings: SettingsDep) -> Resp
         if detail is None:
             raise HTTPException(404, detail=f"no run {run_id[:200]!r}")
         return detail
+
+    return await cached_response(request, settings.cache_ttl_s, build, "application/json")
+
+
+@router.get(
+    "/{run_id}/reproduction",
+    summary="A run's re-run: status, queue position, progress, and the verdict with its evidence",
+    response_model=ReproductionPublic,
+    responses={404: {"description": "No such run, or it was not chosen for a re-run"}},
+)
+async def read_reproduction(run_id: str, request: Request, settings: SettingsDep) -> Response:
+    def build() -> bytes:
+        with open_session(request) as session:
+            run = run_or_404(session, run_id)
+            job = crud.reproduction_of(session, run=run)
+            if job is None:
+                raise HTTPException(404, detail=f"run {run_id} was not chosen for a re-run")
+            live = crud.reproduction_public(job, reproduction.queue_position(session, job=job))
+        return live.model_dump_json().encode()
 
     return await cached_response(request, settings.cache_ttl_s, build, "application/json")
 
