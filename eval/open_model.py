@@ -19,17 +19,16 @@ metric. Then it checks what one pass cannot see, and names the first failure in 
 - causality on the val data: the logits of the first half of each row of the first batch stay the same
   when the second half is reversed (a model that sees the next token scores near zero).
 `python -m eval.open_model` writes the result (bpb, totals, per-batch nats, problem) as JSON and exits
-EXIT_OK, or EXIT_INVALID with `speedrun: invalid: <problem>`. `score_in_sandbox(...)` runs exactly that in
-a bubblewrap sandbox (sandbox/bwrap.py: no network, nothing of the host but what it binds read-only: this
-repository, the source, the checkpoint, the tokenizer, the val shards; it writes only its work_dir) and
-returns the result: what the leaderboard calls to score an open upload without running its code itself.
+EXIT_OK, or EXIT_INVALID with `speedrun: invalid: <problem>`. All of this runs in the model's own process,
+where the model's code can reach everything, the checks and the result included: it catches a model that
+learns, peeks or varies, not one written to forge its score. The leaderboard does not score this way:
+eval/open_scoring.py runs the model in the sandbox and computes the metric itself from the logits alone.
 Importing this module runs no submission code.
 """
 
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,8 +45,6 @@ from baseline.loader import bos_bestfit_batches
 from baseline.tokenizer import Tokenizer
 from eval.bpb import bpb_steps, evaluate_bpb
 from protocol.record import EXIT_INVALID, EXIT_OK
-from sandbox import Limits
-from sandbox import run as run_sandboxed
 
 MODULE_FILE = "submission.py"  # in a submission folder (submissions/contract.py's layout)
 ORDER_RTOL = 1e-5  # per-batch nats of two passes over the same batches: equal up to float noise
@@ -105,12 +102,19 @@ class ScoredByLogits(nn.Module):
 def token_losses(model: nn.Module, idx, targets, vocab_size: int, reduction: str = "none") -> torch.Tensor:
     """Cross-entropy (nats) of model(idx)'s logits against targets (B, T); -1 targets are ignored (0 with 'none')."""
     logits = model(idx)
-    want = (*idx.shape, vocab_size)
-    if not torch.is_tensor(logits) or tuple(logits.shape) != want or logits.dtype != torch.float32:
-        got = f"{tuple(logits.shape)} {logits.dtype}" if torch.is_tensor(logits) else type(logits).__name__
-        raise ValueError(f"model(idx) gave {got}, not float32 logits of shape {want}: return (B, T, vocab_size) fp32")
+    problem = logits_problem(logits, (*idx.shape, vocab_size))
+    if problem:
+        raise ValueError(problem)
     loss = F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1), ignore_index=-1, reduction=reduction)
     return loss.view(targets.shape) if reduction == "none" else loss
+
+
+def logits_problem(logits, want: tuple[int, ...]) -> str | None:
+    """One line when `logits` are not float32 of shape `want` (B, T, vocab_size)."""
+    if torch.is_tensor(logits) and tuple(logits.shape) == want and logits.dtype == torch.float32:
+        return None
+    got = f"{tuple(logits.shape)} {logits.dtype}" if torch.is_tensor(logits) else type(logits).__name__
+    return f"model(idx) gave {got}, not float32 logits of shape {want}: return (B, T, vocab_size) fp32"
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -188,43 +192,6 @@ def score(model: nn.Module, tokenizer: Tokenizer, val_dir, *, tokens: int, batch
         "reverse_batch_nats": reverse[::-1],
         "problem": problem,
     }
-
-
-def score_in_sandbox(
-    *,
-    source: Path,
-    checkpoint: Path,
-    tokenizer_dir: Path,
-    val_dir: Path,
-    tokens: int,
-    batch_size: int,
-    work_dir: Path,
-    threads: int = 2,
-    limits: Limits | None = None,
-) -> dict:
-    """`python -m eval.open_model` in a sandbox, on the CPU (GPUs are not passed into sandboxes yet): its result.
-
-    The result has `problem` set when the model broke a rule of the eval; RuntimeError (one line) when the
-    sandbox cannot run or the command failed (its log is work_dir/log.txt).
-    """
-    repo = Path(__file__).resolve().parents[1]
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out = work_dir / "result.json"
-    shards = {f.resolve().parent for f in Path(val_dir).glob("*.parquet")}  # where the view's links point
-    args = {"--source": source, "--checkpoint": checkpoint, "--tokenizer": tokenizer_dir, "--val-dir": val_dir,
-            "--tokens": tokens, "--batch-size": batch_size, "--out": out}  # fmt: skip
-    cmd = [sys.executable, "-m", "eval.open_model", *(str(a) for pair in args.items() for a in pair)]
-    env = {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(threads), "PYTHONDONTWRITEBYTECODE": "1"}
-    read_only = [repo, source, checkpoint, tokenizer_dir, val_dir, *shards]
-    with open(work_dir / "log.txt", "wb") as log:
-        ran = run_sandboxed(
-            cmd, work_dir=work_dir, read_only=read_only, env=env, limits=limits or Limits(), cwd=repo, stdout=log,
-            stderr=log,
-        )  # fmt: skip
-    if not out.is_file() or ran.status not in ("ok", "failed"):
-        tail = (work_dir / "log.txt").read_text(errors="replace").strip().splitlines()[-1:] or [ran.reason or ""]
-        raise RuntimeError(f"the open eval of {os.fspath(source)} ended {ran.status}: {tail[0]}")
-    return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

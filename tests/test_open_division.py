@@ -31,7 +31,8 @@ from baseline.gpt import GPT
 from baseline.optim import build_param_groups
 from baseline.tokenizer import Tokenizer
 from eval.bpb import val_bpb
-from eval.open_model import score, score_in_sandbox
+from eval.open_model import score
+from eval.open_scoring import score_in_sandbox
 from harness import runner
 from harness.guard import Guard, RefusedAccess
 from harness.submit import pack
@@ -587,7 +588,7 @@ def test_the_bundle_of_an_open_run_carries_its_source_as_the_record_hashes_it(op
 
 @pytest.mark.skipif(sandbox.available() is not None, reason=f"no sandbox here: {sandbox.available()}")
 def test_the_server_can_score_an_open_checkpoint_in_the_sandbox(open_run, tmp_path):
-    """eval.open_model.score_in_sandbox: the leaderboard's way in; the same number as the run's own open eval."""
+    """eval.open_scoring.score_in_sandbox: the leaderboard's way in; the same number as the run's own open eval."""
     _, run_dir, record = open_run
     spec = read_spec(run_dir)
     result = score_in_sandbox(
