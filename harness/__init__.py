@@ -1,6 +1,7 @@
 """The runner side: run a submission on a track, time it honestly, record everything, submit it.
 
-    runner.py           `speedrun run` / `resume`: prepare data and tokenizer, launch, watch, write the record
+    campaign.py         registration: the submission checked, data and tokenizer ready, one run dir per seed
+    runner.py           `speedrun run` / `resume`: launch each registered run, watch it, write the record
     trainer_process.py  the training child process (alone or under torchrun)
     eval_process.py     the final metric of a closed run, in a process that never imports the submission
     open_eval.py        the final metric of an open run, running its copied model code under the guard

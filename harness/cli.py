@@ -41,6 +41,7 @@ from eval.run import add_arguments as add_eval_arguments
 from eval.run import main as eval_main
 from harness import verdicts
 from harness.calibrate import calibrate
+from harness.campaign import plan_campaign, register
 from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, default_config, fetch_chat_data
 from harness.launchers import dispatch
 from harness.launchers.sky import SkyConfig
@@ -48,7 +49,7 @@ from harness.launchers.slurm import SlurmConfig
 from harness.launchers.slurm import status as slurm_status
 from harness.local_board import board
 from harness.reproduce import reproduce
-from harness.runner import execute, follow, plan_campaign, register, resume, run
+from harness.runner import execute, follow, resume, run
 from harness.runner_machine import serve_jobs
 from harness.submit import register_campaign, submit
 from harness.trackers import TRACKERS, EventTee, open_tracker, require

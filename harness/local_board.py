@@ -28,11 +28,10 @@ from pathlib import Path
 import requests
 
 from harness.submit import submit
-from protocol.paths import track_data_dir
+from protocol.paths import REPO, track_data_dir
 from protocol.record import RunRecord, read_record, read_spec
 from protocol.tracks import BUILTIN_DIR, load_track
 
-REPO = Path(__file__).resolve().parents[1]
 BOARD_DIR = "board"  # under the runs directory
 READY_TIMEOUT_S = 300.0  # the server imports torch and migrates its database: slow on a busy 2-core machine
 QUESTION = "What is the capital of France?"

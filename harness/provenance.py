@@ -40,10 +40,9 @@ from protocol.hashing import (
     folder_or_file_hash,
     tree_hash,
 )
-from protocol.paths import hash_cache_file
+from protocol.paths import REPO, hash_cache_file
 from protocol.reproduce import cpu_model
 
-REPO = Path(__file__).resolve().parents[1]
 # Library versions recorded with every run (those absent are left out).
 PACKAGES = ("torch", "numpy", "triton", "tiktoken", "rustbpe", "pyarrow", "safetensors", "kernels", "scipy", "pandas")
 

@@ -28,7 +28,7 @@ import requests
 
 import sandbox
 from harness import provenance
-from harness.runner import prepare_data, prepare_tokenizer
+from harness.campaign import prepare_data, prepare_tokenizer
 from protocol.paths import track_data_dir
 from protocol.reproduce import (
     Machine,

@@ -11,7 +11,9 @@ What is recomputed and what is cross-checked:
   train_time   leaderboard/check_timing.py: the timed seconds recomputed from the step events alone
   weights      (again: uploads checked it) safetensors whose tensors are exactly meta.json's model
   metric       val bpb (and CORE on a CORE track) recomputed with the frozen eval on the server's val
-               data and tokenizer equals the claim within Settings tolerances
+               data and tokenizer equals the claim within Settings tolerances; an open run's model is
+               its submission's code, run only in the sandbox (leaderboard/open_metric.py), whose logits
+               the server scores itself (judge_open_score)
   heldout      the same model's bpb on the server's held-out shards (the track pins their names and
                hash): a gap over ServerFacts.heldout_gap_bpb flags the run for an admin's review
 Outcomes: pass, fail (the run is rejected; `detail` is the reason), skip (does not apply), error (the
@@ -188,7 +190,7 @@ def check_hardware(record: RunRecord, info: dict | None, track) -> CheckResult:
 # ------------------------------------------------------------------ weights and the metric
 
 
-def check_weights(bundle_dir: Path, track: Track) -> tuple[CheckResult, dict | None]:
+def check_weights(bundle_dir: Path, track: Track, division: str = "closed") -> tuple[CheckResult, dict | None]:
     """The upload checked this already; checked again, because the verifier trusts no earlier step."""
     path = bundle_dir / "model.safetensors"
     kind, _header = recompute.weights_format(path)
@@ -201,7 +203,7 @@ def check_weights(bundle_dir: Path, track: Track) -> tuple[CheckResult, dict | N
     try:
         _start, entries = members.read_safetensors_header(path)
         meta = json.loads((bundle_dir / "meta.json").read_text())
-        config = members.check_model_against_track(meta, entries, track)
+        config = members.check_model_against_track(meta, entries, track, division)
     except ValueError as e:
         return CheckResult("weights", "fail", str(e), {}), None
     evidence = {
@@ -211,6 +213,8 @@ def check_weights(bundle_dir: Path, track: Track) -> tuple[CheckResult, dict | N
         "parameters": sum(math.prod(e.shape) for e in entries.values()),
     }
     detail = f"safetensors, {len(entries)} tensors that fit the model"
+    if division == "open":
+        detail = f"safetensors, {len(entries)} tensors of the submission's own model (its code loads them, sandboxed)"
     return CheckResult("weights", "pass", detail, evidence), config.model_dump()
 
 
@@ -269,7 +273,11 @@ def check_heldout(model, tokenizer, val_bpb: float, batch_size: int, facts: Serv
     with tempfile.TemporaryDirectory(prefix="heldout-") as tmp:
         view = write_view(tmp, {"val": list(facts.heldout_files)})  # eval.bpb scores the view's val split
         bpb = recompute.val_bpb(model, tokenizer, data_dir=view, tokens=facts.eval_tokens, batch_size=batch_size)
-    bpb = bpb["bpb"]
+    return judge_heldout(bpb["bpb"], val_bpb, facts), bpb["bpb"]
+
+
+def judge_heldout(bpb: float, val_bpb: float, facts: ServerFacts) -> CheckResult:
+    """The held-out bpb against the val bpb: pass, or a flag over facts.heldout_gap_bpb."""
     gap = bpb - val_bpb
     evidence = {"heldout_bpb": bpb, "val_bpb": val_bpb, "gap": gap, "threshold": facts.heldout_gap_bpb}
     if not math.isfinite(gap) or gap > facts.heldout_gap_bpb:
@@ -277,8 +285,37 @@ def check_heldout(model, tokenizer, val_bpb: float, batch_size: int, facts: Serv
             f"held-out bpb {bpb:.4f} is {gap:.4f} above the val bpb {val_bpb:.4f} (threshold "
             f"{facts.heldout_gap_bpb:g}): the model may have seen the val shard; an admin reviews it before it ranks"
         )
-        return CheckResult("heldout", "flag", detail, evidence), bpb
-    return CheckResult("heldout", "pass", f"held-out bpb {bpb:.4f}, {gap:+.4f} from the val bpb", evidence), bpb
+        return CheckResult("heldout", "flag", detail, evidence)
+    return CheckResult("heldout", "pass", f"held-out bpb {bpb:.4f}, {gap:+.4f} from the val bpb", evidence)
+
+
+def judge_open_score(record: RunRecord, scored: dict, facts: ServerFacts) -> tuple[list[CheckResult], dict]:
+    """An open model's sandboxed score (eval.open_scoring.score_in_sandbox's result) against the run's claims
+    (val bpb: the runner refuses open runs on tracks judged by another metric)."""
+    evidence = {k: scored.get(k) for k in ("tokens", "batch_size", "seq_len", "seconds")}
+    if scored["problem"]:
+        why = f"the open model broke the eval's rules: {scored['problem']}"
+        return [CheckResult("metric", "fail", why, evidence)], {}
+    bpb = scored["bpb"]
+    results = [_compare("val_bpb", record.result.val_bpb if record.result else None, bpb, facts.bpb_abs_tolerance,
+                        evidence | {"total_bytes": scored["total_bytes"]})]  # fmt: skip
+    claimed_value = record.result.value if record.result else None
+    if claimed_value is not None and abs(claimed_value - bpb) > facts.bpb_abs_tolerance:
+        results.append(
+            CheckResult(
+                "metric", "fail", f"result.value claims {claimed_value}, recomputed val_bpb is {bpb:.6f}",
+                {"claimed": claimed_value, "recomputed": bpb},
+            )
+        )  # fmt: skip
+    recomputed = {"val_bpb": bpb, "heldout_bpb": None}
+    if facts.heldout_error:
+        results.append(CheckResult("heldout", "error", facts.heldout_error, {}))
+    elif scored["heldout"] is None:
+        results.append(CheckResult("heldout", "skip", "the track pins no held-out shards", {}))
+    else:
+        recomputed["heldout_bpb"] = scored["heldout"]["bpb"]
+        results.append(judge_heldout(recomputed["heldout_bpb"], bpb, facts))
+    return results, recomputed
 
 
 def _tol(track, facts: ServerFacts) -> float:

@@ -3,7 +3,7 @@
     events = parse_events(path)                    # protocol.events' typed lines, bounded
     info, samples = parse_telemetry(path)          # the info line and the samples, typed and bounded
     header = read_safetensors_header(path)         # name -> TensorEntry, offsets checked against the file
-    check_model_against_track(meta, header, track) # vocab, sequence length and every tensor's shape
+    check_model_against_track(meta, header, track, division) # vocab, sequence length, every tensor's shape
     weights_sha256(path, header)                   # the tensors' content hash: one model, one run
 
 Everything here runs at upload (leaderboard/uploads.py), before a bundle is stored: a member that does
@@ -297,9 +297,13 @@ def track_max_seq_len(track: Track) -> int:
     return int(track.recipe.get("max_seq_len", TrainConfig.max_seq_len))
 
 
-def check_model_against_track(meta: dict, entries: dict[str, TensorEntry], track: Track) -> ModelConfig:
+def check_model_against_track(
+    meta: dict, entries: dict[str, TensorEntry], track: Track, division: str = "closed"
+) -> ModelConfig:
     """The model meta.json describes must be one the track's tokenizer and data could have trained (vocab,
-    sequence length), and the header's tensors must be exactly its tensors: checked before anything is built."""
+    sequence length), and the header's tensors must be exactly its tensors: checked before anything is built.
+    An open model is the submission's own: its tensors are held to its code by name and shape when the
+    sandbox loads it (eval/open_scoring.py), here only its meta."""
     try:
         config = CheckpointMeta.model_validate(meta).model_config_
     except ValidationError as e:
@@ -316,6 +320,13 @@ def check_model_against_track(meta: dict, entries: dict[str, TensorEntry], track
             f"meta.json says sequence_len {config.sequence_len}, over track {track.name}'s "
             f"{track_max_seq_len(track)}: train with the track's max_seq_len"
         )
+    if division == "open" or meta.get("division") == "open":
+        if meta.get("division") != division:
+            raise ValueError(
+                f"meta.json says division {meta.get('division', 'closed')}, the record {division}: send the "
+                "checkpoint the run made"
+            )
+        return config
     if config.n_layer > len(entries):  # each layer holds tensors: bounds the meta-device build below
         raise ValueError(f"meta.json says {config.n_layer} layers, the weights hold only {len(entries)} tensors")
     try:

@@ -175,6 +175,13 @@ def _validate(staged: StagedBundle, track_for: Callable[[RunRecord], Track]) -> 
         raise BundleError(422, str(e)) from None
     staged.record = record
     track = track_for(record)
+    if record.submission.division not in track.divisions:
+        raise BundleError(
+            422,
+            f"track {track.name} ranks the {' and '.join(track.divisions)} division only, and "
+            f"{record.submission.name} is in the {record.submission.division} one: run it on a track whose divisions "
+            "include it (speedrun tracks)",
+        )
     if staged.is_miss:
         if record.status not in MISS_STATUSES:
             raise BundleError(
@@ -222,7 +229,8 @@ def _validate(staged: StagedBundle, track_for: Callable[[RunRecord], Track]) -> 
         )
     try:
         start, entries = members.read_safetensors_header(weights)
-        members.check_model_against_track(_load_json(staged.dir / "meta.json", "meta.json"), entries, track)
+        meta = _load_json(staged.dir / "meta.json", "meta.json")
+        members.check_model_against_track(meta, entries, track, record.submission.division)
         events = members.parse_events(staged.dir / "events.jsonl")
         info, samples = members.parse_telemetry(staged.dir / "telemetry.jsonl")
         staged.weights_sha256 = members.weights_sha256(weights, start, entries)

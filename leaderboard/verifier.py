@@ -12,10 +12,12 @@ worker died is claimed again after Settings.claim_lease_s, never while its worke
 
 The checks run in leaderboard/verify_child.py behind leaderboard/isolation.py's walls (the sandbox; rlimits without it:
 memory, CPU, file size, wall clock): no bundle can stop the worker. A child that dies, or a check that reports
-"error" (the server could not check: missing data), leaves the job pending, retried after
+"error" (the server could not check: missing data, no sandbox for an open run), leaves the job pending, retried after
 Settings.retry_after_s; after Settings.max_attempts the run ends "error", for an admin (reverify
-queues it again). Any failed check rejects the run with every reason; a "flag" (held-out gap)
-verifies it but holds it out of the ranking until an admin clears it.
+queues it again). An open run's model is scored after the child, by leaderboard/open_metric.py: only in
+the sandbox, its logits scored by this worker (the worker never imports submission code). Any failed check
+rejects the run with every reason; a "flag" (held-out gap) verifies it but holds it out of the ranking until
+an admin clears it.
 """
 
 import json
@@ -29,13 +31,15 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from leaderboard import crud, isolation, jobqueue, ranking, reproduction
+import sandbox
+from leaderboard import crud, isolation, jobqueue, open_metric, ranking, reproduction
 from leaderboard.checks import CheckResult
 from leaderboard.db import prepare_database
 from leaderboard.models import Check, Reproduction, Run, TrackRow, Verification, utcnow
 from leaderboard.redact import redact
 from leaderboard.resources import server_facts
 from leaderboard.settings import Settings, database_url, get_settings
+from protocol.record import parse_record
 
 log = logging.getLogger("leaderboard.verifier")
 TRACK_FIELDS = (
@@ -60,6 +64,10 @@ def renew(engine, *, job_id: int, worker_id: str) -> bool:
     return jobqueue.renew(engine, Verification, job_id=job_id, worker_id=worker_id)
 
 
+def bundle_dir(run: Run, settings: Settings) -> Path:
+    return Path(settings.storage_dir) / "bundles" / run.bundle_sha256
+
+
 def job_input(run: Run, track: TrackRow, settings: Settings) -> bytes:
     """What the child needs: the record, the track, where the bundle lies, the server's facts."""
     return json.dumps(
@@ -67,7 +75,7 @@ def job_input(run: Run, track: TrackRow, settings: Settings) -> bytes:
             "record": run.record,
             "track": {k: getattr(track, k) for k in TRACK_FIELDS},
             "spec": track.spec,
-            "bundle_dir": str(Path(settings.storage_dir) / "bundles" / run.bundle_sha256),
+            "bundle_dir": str(bundle_dir(run, settings)),
             "facts": server_facts(track, settings).to_json(),
             "telemetry_info": (run.summary or {}).get("telemetry_info"),
         }
@@ -87,7 +95,7 @@ def limits_of(settings: Settings) -> isolation.Limits:
 def child_reads(run: Run, track: TrackRow, settings: Settings) -> list[Path]:
     """What the verification child reads besides the project: the bundle and the server's copies for the track."""
     facts = server_facts(track, settings)
-    paths = [Path(settings.storage_dir) / "bundles" / run.bundle_sha256]
+    paths = [bundle_dir(run, settings)]
     paths += [p for p in (facts.data_dir, facts.tokenizer_dir, facts.eval_bundle) if p is not None and p.exists()]
     return paths + [p for p in facts.heldout_files if p.exists()]
 
@@ -108,7 +116,19 @@ def run_child(run: Run, track: TrackRow, settings: Settings, tick) -> tuple[list
         return [CheckResult("verification", "error", e.reason)], {}
     except ValueError:
         return [CheckResult("verification", "error", "the verification answered something that is not JSON")], {}
-    return [CheckResult(**r) for r in answer["results"]], answer["recomputed"]
+    results, recomputed = [CheckResult(**r) for r in answer["results"]], answer["recomputed"]
+    if (run.record.get("submission") or {}).get("division") == "open" and all(
+        r.outcome == "pass" for r in results if r.name == "weights"
+    ):
+        work_dir = Path(settings.storage_dir) / open_metric.WORK_DIR / run.bundle_sha256
+        record = parse_record(run.record, where="the run's record")
+        more, values = open_metric.check(
+            record, bundle_dir(run, settings), server_facts(track, settings), work_dir=work_dir,
+            limits=sandbox.Limits(wall_s=settings.verify_wall_s, memory_bytes=settings.verify_memory_bytes),
+            threads=settings.verify_threads or os.cpu_count(), tick=tick,
+        )  # fmt: skip
+        results, recomputed = results + more, recomputed | values
+    return results, recomputed
 
 
 def verify(session: Session, *, job: Verification, settings: Settings, worker_id: str = "") -> Verification:

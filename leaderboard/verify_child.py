@@ -7,7 +7,9 @@ job:    {"record": {...}, "track": {...} (the TrackRow's fields), "spec": {...} 
 answer: {"results": [{"name", "outcome", "detail", "evidence"}, ...], "recomputed": {"train_time_s", "val_bpb", ...}}
 
 It reads the bundle (validated at upload), builds the model and evaluates it: the work a hostile bundle
-could make expensive, kept in a process the worker can lose. A check that raises becomes an "error"
+could make expensive, kept in a process the worker can lose. An open run's model is its submission's code,
+which this child never imports: it checks the rest, and the worker scores the model in the sandbox
+(leaderboard/open_metric.py). A check that raises becomes an "error"
 (the server's fault, retried) or a "fail" (the bundle's), never a crash without an answer.
 """
 
@@ -44,10 +46,13 @@ def run_checks(job: dict) -> tuple[list[checks.CheckResult], dict]:
     timing, train_time_s = check_train_time(record, events, facts, file_sha256(bundle_dir / "model.safetensors"))
     results.append(timing)
     recomputed = {"train_time_s": train_time_s}
-    weights, model_config = checks.check_weights(bundle_dir, spec)
+    division = record.submission.division
+    weights, model_config = checks.check_weights(bundle_dir, spec, division)
     results.append(weights)
     if model_config is None:
         results.append(checks.CheckResult("metric", "skip", "not recomputed: the weights could not be read safely"))
+        return results, recomputed
+    if division == "open":  # its model is its own code: the worker scores it, sandboxed (leaderboard/open_metric.py)
         return results, recomputed
     metric_results, values = _metric(record, bundle_dir, track, facts)
     return results + metric_results, recomputed | values

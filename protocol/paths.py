@@ -13,7 +13,7 @@ from pathlib import Path
 
 from protocol.hashing import ALL_FILES, NOT_CONTENT, tree_hash
 
-REPO = Path(__file__).resolve().parents[1]  # a track's default data dir is relative to the repo
+REPO = Path(__file__).resolve().parents[1]  # the processes run here; a default data dir is relative to it
 
 
 def cache_root() -> Path:

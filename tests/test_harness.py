@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import runner
+from harness import campaign, runner
 from protocol.events import read_events
 from protocol.record import read_record
 from protocol.tracks import load_track
@@ -225,10 +225,10 @@ def test_a_broken_submission_is_refused_before_anything_runs(tmp_path):
 
 def test_preflight_refuses_the_wrong_hardware_and_the_wrong_data(tmp_path):
     gpu_track = load_track("gpt2")
-    with pytest.raises(runner.Preflight, match="--unofficial"):
+    with pytest.raises(campaign.Preflight, match="--unofficial"):
         runner.run(gpu_track, "baseline", seeds=[1], runs_dir=tmp_path)
     wrong_data = load_track(write_track(tmp_path, content_hash="0" * 64))
-    with pytest.raises(runner.Preflight, match="content hash"):
+    with pytest.raises(campaign.Preflight, match="content hash"):
         runner.run(wrong_data, "baseline", seeds=[1], runs_dir=tmp_path)
 
 

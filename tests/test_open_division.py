@@ -33,7 +33,7 @@ from baseline.tokenizer import Tokenizer
 from eval.bpb import val_bpb
 from eval.open_model import score
 from eval.open_scoring import score_in_sandbox
-from harness import runner
+from harness import campaign, runner
 from harness.guard import Guard, RefusedAccess
 from harness.submit import pack
 from protocol.hashing import file_sha256, folder_or_file_hash
@@ -169,9 +169,9 @@ def test_tracks_declare_the_divisions_they_rank(tmp_path):
 def test_the_runner_refuses_an_open_submission_where_it_cannot_be_ranked_or_scored(tmp_path):
     sub = write_open(tmp_path)
     with pytest.raises(ValueError, match="track cpu ranks the closed division only, and open_model is in the open"):
-        runner.plan_campaign(load_track("cpu"), str(sub), [1])
+        campaign.plan_campaign(load_track("cpu"), str(sub), [1])
     with pytest.raises(ValueError, match="track gpt2 is judged by core.*scores val bpb only"):
-        runner.plan_campaign(load_track("gpt2"), str(sub), [1])
+        campaign.plan_campaign(load_track("gpt2"), str(sub), [1])
 
 
 # ---------------------------------------------------------------------------------------- optimizer groups
