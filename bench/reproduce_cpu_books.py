@@ -1,15 +1,16 @@
 """What reproducing a cpu-books run costs: a real run, uploaded, verified and re-run in the sandbox by the worker.
 
-    python -m bench.reproduce_cpu_books [--steps 40] [--seed 42]
+    python -m bench.reproduce_cpu_books [--steps N] [--seed 42]
 
-cpu-books as it is (d4, its data, tokenizer, 2 threads, its [reproduce] table), with --steps steps (40:
-the whole run). The run is made with `speedrun run`'s own code, uploaded to a throwaway SQLite
+cpu-books as it is (d4, its data, tokenizer, 2 threads, its [reproduce] table), the whole run unless
+--steps cuts it. The run is made with `speedrun run`'s own code, uploaded to a throwaway SQLite
 leaderboard, verified, and re-run by the verify worker inside the sandbox. Printed: the original run's
 timed and wall seconds, the re-run's sandbox wall seconds (warm-up, training and eval, as the server
 pays them), its timed seconds and ratio, and the verdict. Needs bubblewrap and the track's shards.
 """
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from protocol.tracks import load_track
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=None, help="cut the run (default: the track's num_iterations)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
 
@@ -37,7 +38,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-reproduce-") as tmp:
         tmp = Path(tmp)
         track_file = tmp / "cpu-books.toml"
-        text = books.path.read_text().replace("num_iterations = 40", f"num_iterations = {args.steps}")
+        steps = args.steps or books.recipe["num_iterations"]
+        text = re.sub(r"(?m)^num_iterations = \d+$", f"num_iterations = {steps}", books.path.read_text())
         track_file.write_text(
             text.replace('default_dir = "../shared/data/pretrain"', f'default_dir = "{track_data_dir(books)}"')
         )
@@ -69,7 +71,7 @@ def main():
         run = client.get(f"/api/runs/{record.run_id}").json()
         r = run["reproduction_detail"] or {}
         time_evidence = (r.get("evidence") or {}).get("time", {})
-        print(f"cpu-books, {args.steps} steps, seed {args.seed}")
+        print(f"cpu-books, {steps} steps, seed {args.seed}")
         print(f"  original run:  timed {record.timing.train_time_s:.1f} s, wall {run_wall_s:.1f} s")
         print(f"  worker:        verify + re-run {worker_s:.1f} s; verification {run['verification']}")
         print(
