@@ -20,22 +20,24 @@
     checks.py       each verification check, a pure function of the bundle, the track and the server's facts
     check_timing.py the train_time check: the timed seconds from the step events alone, claims held to them
     recompute.py    the adapter onto the frozen eval (val bpb, CORE) used by the checks
-    verify_child.py the checks of one bundle, in a child process that answers JSON
+    verify_child.py the checks of one bundle, in a child process that answers JSON (never an open run's model)
+    open_metric.py  an open run's metric: its model (the submission's code) only in the sandbox, its logits scored here
     isolation.py    the one launcher of that child: the sandbox (sandbox/), or rlimits without bubblewrap
     jobqueue.py     claims and leases over a job table, shared by verification and reproduction
     verifier.py     the worker pool: claims verifications (leases renewed, attempts capped), then re-runs
     reproduction.py which verified runs are re-run (opt-in per track, chosen at random), by whom, in the sandbox
     comparison.py   the reproduction rule: a re-run against its claim (losses, metric, time, clocks)
-    ranking.py      standings per (track, submission), the significance test and the record progression
+    ranking.py      standings per (track, submission), the significance test and the record progression, per division
     compare.py      runs or submissions of one track side by side: curves, bars, protocol.stats.verdict
     pagecache.py    board reads built once and served as bytes with ETags, before routing when fresh
     redact.py       no message carries a server path
     charts.py       inline SVG charts rendered on the server
-    chat.py         the served model, hot swaps and limited streaming generation
+    chat.py         the served model (closed division only), hot swaps and limited streaming generation
     routers/        one router per resource (tracks, runs, registrations, submissions, admin, runners, chat), pages
     app.py          create_app() and serve()
 
 Dependencies point one way: the leaderboard builds on `protocol` (tracks, records, statistics, hashes)
 and uses `baseline` + `eval` to verify; it never imports `harness` or `submissions` (import-linter
-contracts in pyproject.toml), and nothing below it imports it.
+contracts in pyproject.toml), and nothing below it imports it. No process of the service imports submitted
+code: an open run's model runs in the bubblewrap sandbox and only its logits come back.
 """

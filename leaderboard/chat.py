@@ -1,7 +1,10 @@
 """Chat with the top model: which run is served, loading it, hot swaps, and limited streaming generation.
 
 The served model is the best verified run of the top-ranked submission of a track (ChatSettings.track;
-unset: the first track by name with a verified run; nothing ranked yet: the best verified run). Its
+unset: the first track by name with a verified run; nothing ranked yet: the best verified run), in the
+closed division: its checkpoint is a baseline model that frozen code loads. An open-division model is its
+submission's code, which this process never imports; serving it would take a sandboxed process streaming
+tokens back (eval/open_scoring.py does so for logits), not built yet, so open runs are never served. Its
 weights are the uploaded bundle's model.safetensors, read with safetensors only (no pickle). If a
 chat-tuned child of that run (`harness.chat_tune`) lies in ChatSettings.runs_dir, that child is served
 in chat style; otherwise the base model is served completion style (the conversation's text is
@@ -35,7 +38,7 @@ from sqlmodel import Session, select
 from baseline.checkpoint import read_meta
 from baseline.engine import Engine, render_for_reply
 from leaderboard import crud, ranking
-from leaderboard.models import Run, Standing, TrackRow, Verification
+from leaderboard.models import Run, Standing, Submission, TrackRow, Verification
 from leaderboard.recompute import load_checkpoint
 from leaderboard.resources import server_facts
 from leaderboard.settings import Settings
@@ -125,13 +128,14 @@ def _order(v: Verification, track: TrackRow) -> tuple[float, float]:
 
 
 def top_run(session: Session, *, track_name: str | None) -> tuple[TrackRow, Run, Standing | None, int | None] | None:
-    """(track, run, its submission's standing, rank) of the run to serve, or None if nothing is verified."""
+    """(track, run, its submission's standing, rank) of the run to serve, or None if no closed run is verified."""
     tracks = [crud.get_track(session, name=track_name)] if track_name else session.exec(select(TrackRow)).all()
     for track in sorted((t for t in tracks if t is not None), key=lambda t: t.name):
         verified = session.exec(
             select(Run, Verification)
             .join(Verification, Verification.run_pk == Run.id)
-            .where(Run.track_id == track.id, Verification.status == "verified")
+            .join(Submission, Submission.id == Run.submission_id)
+            .where(Run.track_id == track.id, Verification.status == "verified", Submission.division == "closed")
         ).all()
         if not verified:
             continue

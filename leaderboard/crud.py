@@ -97,7 +97,14 @@ def track_public(track: TrackRow) -> TrackPublic:
 
 
 def get_or_create_submission(
-    session: Session, *, submitter: Submitter, name: str, code_hash: str | None, description: str, link: str
+    session: Session,
+    *,
+    submitter: Submitter,
+    name: str,
+    code_hash: str | None,
+    description: str,
+    link: str,
+    division: str = "closed",
 ) -> Submission:
     code_hash = code_hash or ""
     sub = session.exec(
@@ -106,7 +113,10 @@ def get_or_create_submission(
         )
     ).first()
     if sub is None:
-        sub = Submission(submitter_id=submitter.id, name=name, code_hash=code_hash, description=description, link=link)
+        sub = Submission(
+            submitter_id=submitter.id, name=name, code_hash=code_hash, description=description, link=link,
+            division=division,
+        )  # fmt: skip
     elif description or link:  # a later upload may fill in or correct them
         sub.description, sub.link = description or sub.description, link or sub.link
     session.add(sub)

@@ -122,6 +122,7 @@ class TokensRevoked(SQLModel):
 class SubmissionBase(SQLModel):
     name: str = Field(max_length=200)
     code_hash: str = Field(default="", max_length=64)  # "" for the frozen baseline (no code of its own)
+    division: str = Field(default="closed", max_length=10)  # protocol.record.DIVISIONS: fixed by the code (its hash)
     description: str = ""
     link: str = ""
 
@@ -362,9 +363,10 @@ class Standing(StandingBase, table=True):
 
 
 class StandingPublic(StandingBase):
-    rank: int | None  # None: not ranked (not verified, target not met or p too high)
+    rank: int | None  # None: not ranked (not verified, target not met or p too high); within its division
     submission_id: int
     submission: str
+    division: str
     submitter: str
     why_unranked: str | None = None
 
@@ -386,6 +388,7 @@ class RecordEntry(SQLModel, table=True):
 class RecordPublic(SQLModel):
     submission_id: int
     submission: str
+    division: str
     submitter: str
     time_mean_s: float
     time_std_s: float | None

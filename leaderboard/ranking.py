@@ -16,6 +16,10 @@ are reproduced: a record there is a result the server has seen happen.
 A new RecordEntry is written when a ranked submission's mean time beats the track's current record
 (the holder's own later seeds restate its entry rather than add one).
 
+The divisions a track ranks (protocol.tracks.Track.divisions; a submission's is fixed by its code, Submission.
+division) are separate boards: each is ranked, and holds records, among its own submissions only (an open
+model is not compared with the closed record, nor the reverse).
+
 A fixed-budget track (kind "budget": lowest val bpb in a training budget, every run stopped at it, which
 check_timing.py verifies) ranks by mean metric instead. Its target is the calibrated baseline's mean, so a
 submission ranks when its runs beat the baseline with p < 0.01 (the same one-sided t-test), and it takes
@@ -191,8 +195,12 @@ def _reproductions(session: Session, *, track: TrackRow, rows, verified) -> tupl
 
 
 def _maybe_new_record(session: Session, *, track: TrackRow, standing: Standing) -> None:
+    division = session.get(Submission, standing.submission_id).division
     current = session.exec(
-        select(RecordEntry).where(RecordEntry.track_id == track.id).order_by(col(RecordEntry.id).desc())
+        select(RecordEntry)
+        .join(Submission, Submission.id == RecordEntry.submission_id)
+        .where(RecordEntry.track_id == track.id, Submission.division == division)
+        .order_by(col(RecordEntry.id).desc())
     ).first()
     if current is not None and current.submission_id == standing.submission_id:
         # The holder's own new seeds moved its mean: the same record, restated (not a new one).
@@ -277,14 +285,19 @@ def why_unranked(s: Standing) -> str | None:
     return f"p = {s.p_value:.3g}, not < {RECORD_P_VALUE}: the runs do not beat the target significantly"
 
 
-def leaderboard(session: Session, *, track: TrackRow) -> list[StandingPublic]:
-    """Ranked standings first (by mean timed seconds; on a budget track by mean metric), then the unranked
-    ones with why."""
+def divisions(track: TrackRow) -> tuple[str, ...]:
+    """The divisions the track ranks, closed first."""
+    return track_from_dict(track.spec).divisions if track.spec else ("closed",)
+
+
+def leaderboard(session: Session, *, track: TrackRow, division: str = "closed") -> list[StandingPublic]:
+    """One division's board: ranked standings first (by mean timed seconds; on a budget track by mean metric),
+    then the unranked ones with why."""
     rows = session.exec(
         select(Standing, Submission.name, Submitter.name)
         .join(Submission, Submission.id == Standing.submission_id)
         .join(Submitter, Submitter.id == Submission.submitter_id)
-        .where(Standing.track_id == track.id)
+        .where(Standing.track_id == track.id, Submission.division == division)
     ).all()
     sign = -1 if track.higher_is_better else 1
     order = (
@@ -303,6 +316,7 @@ def leaderboard(session: Session, *, track: TrackRow) -> list[StandingPublic]:
                     "rank": i + 1 if s.qualifies else None,
                     "submission": name,
                     "submitter": who,
+                    "division": division,
                     "why_unranked": why_unranked(s),
                 },
             )
@@ -310,12 +324,16 @@ def leaderboard(session: Session, *, track: TrackRow) -> list[StandingPublic]:
     return out
 
 
-def record_history(session: Session, *, track: TrackRow) -> list[RecordPublic]:
+def record_history(session: Session, *, track: TrackRow, division: str = "closed") -> list[RecordPublic]:
+    """One division's records on the track, oldest first."""
     rows = session.exec(
         select(RecordEntry, Submission.name, Submitter.name)
         .join(Submission, Submission.id == RecordEntry.submission_id)
         .join(Submitter, Submitter.id == Submission.submitter_id)
-        .where(RecordEntry.track_id == track.id)
+        .where(RecordEntry.track_id == track.id, Submission.division == division)
         .order_by(col(RecordEntry.id))
     ).all()
-    return [RecordPublic.model_validate(e, update={"submission": name, "submitter": who}) for e, name, who in rows]
+    return [
+        RecordPublic.model_validate(e, update={"submission": name, "submitter": who, "division": division})
+        for e, name, who in rows
+    ]

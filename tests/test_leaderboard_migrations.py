@@ -38,12 +38,12 @@ def test_upgrading_a_database_with_data_keeps_the_data(db_url):  # noqa: F811
             c.execute(text(row))
     migrate(db_url)  # 0001 -> head: on SQLite, `run` is copied into a new table with the new column
     migrate(db_url)  # start-up on a database already at head is a no-op
-    assert current_revision(db_url) == "0004"
+    assert current_revision(db_url) == "0005"
     with engine.connect() as c:
         run = c.execute(text("SELECT run_id, seed, train_time_s, hardware, record FROM run")).one()
         assert run[:4] == ("old-run", 7, 12.5, None)
         assert "old-run" in str(run[4])
-        assert c.execute(text("SELECT description FROM submission")).scalar_one() == "kept"
+        assert c.execute(text("SELECT description, division FROM submission")).one() == ("kept", "closed")  # 0005
         assert c.execute(text("SELECT status FROM verification WHERE run_pk = 1")).scalar_one() == "verified"
         assert c.execute(text("SELECT name, is_runner FROM submitter")).one() == ("alice", False)  # 0004: no runner
         assert c.execute(text("SELECT count(*) FROM reproduction")).scalar_one() == 0  # nothing re-run by itself

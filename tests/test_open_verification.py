@@ -42,10 +42,10 @@ from tests.test_open_division import open_run  # noqa: F401 -- the tiny open run
 needs_sandbox = pytest.mark.skipif(sandbox.available() is not None, reason=str(sandbox.available()))
 
 
-def server(open_run, directory: Path) -> SimpleNamespace:  # noqa: F811
+def server(open_run, directory: Path, track_file: Path | None = None, **overrides) -> SimpleNamespace:  # noqa: F811
     _, run_dir, record = open_run
     spec = read_spec(run_dir)
-    track_file = next(run_dir.parent.parent.glob("*.toml"))
+    track_file = track_file or next(run_dir.parent.parent.glob("*.toml"))
     settings = Settings(
         database_url=f"sqlite:///{directory / 'lb.db'}",
         storage_dir=directory / "storage",
@@ -53,9 +53,7 @@ def server(open_run, directory: Path) -> SimpleNamespace:  # noqa: F811
         track_resources={
             record.track.name: TrackResources(data_dir=PRETRAIN, tokenizer_dir=spec.path(run_dir, "tokenizer_dir"))
         },
-        cache_ttl_s=0.0,
-        retry_after_s=0.0,
-        verify_threads=2,
+        **{"cache_ttl_s": 0.0, "retry_after_s": 0.0, "verify_threads": 2, **overrides},
     )  # fmt: skip
     client = TestClient(create_app(settings))
     return SimpleNamespace(client=client, settings=settings, token=create_token("olive", settings=settings))
@@ -88,26 +86,30 @@ def rebundle(run_dir: Path, tmp_path: Path, extra: str = "", claim: float | None
     return out.getvalue()
 
 
-def upload_and_verify(srv, bundle: bytes) -> dict:
-    r = srv.client.post(
+def upload(srv, bundle: bytes):
+    return srv.client.post(
         "/api/runs",
         headers={"Authorization": f"Bearer {srv.token}"},
         files={"bundle": ("bundle.tar.gz", bundle, "application/gzip")},
     )
+
+
+def upload_and_verify(srv, bundle: bytes) -> dict:
+    r = upload(srv, bundle)
     assert r.status_code == 201, r.text
     verify_worker(once=True, settings=srv.settings, poll_s=0)
     return srv.client.get(f"/api/runs/{r.json()['run_id']}").json()
 
 
 def checks_of(run: dict) -> dict[str, dict]:
-    return {c["name"]: c for c in run["verification"]["checks"]}
+    return {c["name"]: c for c in run["checks"]}
 
 
 @needs_sandbox
 def test_an_open_run_verifies_with_its_model_scored_in_the_sandbox(open_run, tmp_path):  # noqa: F811
     _, run_dir, record = open_run
     run = upload_and_verify(server(open_run, tmp_path), pack(run_dir))
-    assert run["verification"]["status"] == "verified", run["verification"]
+    assert run["verification"] == "verified", run["verification_detail"]
     checks = checks_of(run)
     assert checks["val_bpb"]["outcome"] == "pass" and checks["val_bpb"]["evidence"]["recomputed"] == pytest.approx(
         record.result.val_bpb, abs=1e-9
@@ -165,7 +167,7 @@ print('{"bpb": 0.01}')
 )  # fmt: skip
 def test_the_server_rejects_an_open_model_that(open_run, tmp_path, extra, claim, check, match):  # noqa: F811
     run = upload_and_verify(server(open_run, tmp_path), rebundle(open_run[1], tmp_path, extra, claim))
-    assert run["verification"]["status"] == "rejected", run["verification"]
+    assert run["verification"] == "rejected", run["verification_detail"]
     detail = checks_of(run)[check]["detail"]
     assert re.search(match, detail) and "\n" not in detail, detail
 
@@ -188,7 +190,7 @@ def test_the_server_process_never_imports_an_open_submission(open_run, tmp_path)
     name = f"marker-{uuid.uuid4().hex}"
     srv = server(open_run, tmp_path)
     run = upload_and_verify(srv, rebundle(open_run[1], tmp_path, MARKER.format(name=name)))
-    assert run["verification"]["status"] == "verified", run["verification"]
+    assert run["verification"] == "verified", run["verification_detail"]
     storage = srv.settings.storage_dir.resolve()
     inside = sorted(p.relative_to(storage).parts[0] for p in storage.rglob(name))
     assert inside == [open_metric.WORK_DIR, open_metric.WORK_DIR], inside  # each pass's cwd: its work dir
@@ -200,11 +202,11 @@ def test_the_server_process_never_imports_an_open_submission(open_run, tmp_path)
 
 def test_without_the_sandbox_an_open_run_stays_pending_with_the_fix_named(open_run, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setattr(sandbox, "available", lambda: "bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
-    srv = server(open_run, tmp_path)
+    srv = server(open_run, tmp_path, retry_after_s=3600.0)  # one attempt: retried later, then an admin's
     run = upload_and_verify(srv, pack(open_run[1]))
-    assert run["verification"]["status"] == "pending", run["verification"]
-    assert "runs only in the sandbox" in run["verification"]["error"]
-    assert "apt-get install bubblewrap" in run["verification"]["error"]
+    assert run["verification"] == "pending", run["verification_detail"]
+    assert "runs only in the sandbox" in run["verification_detail"]["error"]
+    assert "apt-get install bubblewrap" in run["verification_detail"]["error"]
     assert not (srv.settings.storage_dir / open_metric.WORK_DIR).exists()  # nothing of it ran
 
 
@@ -221,3 +223,29 @@ def test_an_open_score_is_judged_against_the_claims():
     assert [(r.name, r.outcome) for r in results] == [("val_bpb", "fail"), ("metric", "fail"), ("heldout", "pass")]
     results, recomputed = judge_open_score(record, scored | {"bpb": None, "problem": "it peeks"}, facts)
     assert [(r.name, r.outcome) for r in results] == [("metric", "fail")] and "it peeks" in results[0].detail
+
+
+def test_each_division_is_a_board_of_its_own(open_run, tmp_path):  # noqa: F811
+    srv = server(open_run, tmp_path)
+    assert upload(srv, pack(open_run[1])).status_code == 201
+    track = open_run[2].track.name
+    board = srv.client.get(f"/api/tracks/{track}/leaderboard")
+    assert board.status_code == 200 and board.json() == []  # closed by default: no open submission on it
+    [row] = srv.client.get(f"/api/tracks/{track}/leaderboard", params={"division": "open"}).json()
+    assert row["submission"] == "open_baseline" and row["division"] == "open"
+    assert srv.client.get(f"/api/tracks/{track}/records", params={"division": "open"}).json() == []
+    assert srv.client.get(f"/api/tracks/{track}/leaderboard", params={"division": "mixed"}).status_code == 422
+    page = srv.client.get(f"/tracks/{track}").text
+    assert page.index('id="board"') < page.index('id="board-open"') and "open division" in page
+    assert page.index("open_baseline") > page.index('id="board-open"')  # on the open board only
+
+
+def test_a_track_that_ranks_the_closed_division_only_refuses_an_open_run(open_run, tmp_path):  # noqa: F811
+    track_file = next(open_run[1].parent.parent.glob("*.toml"))
+    closed_only = tmp_path / track_file.name
+    closed_only.write_text(track_file.read_text().replace('divisions = ["closed", "open"]', ""))
+    srv = server(open_run, tmp_path, closed_only)
+    r = upload(srv, pack(open_run[1]))
+    assert r.status_code == 422 and "ranks the closed division only" in r.json()["detail"], r.text
+    track = open_run[2].track.name
+    assert srv.client.get(f"/api/tracks/{track}/leaderboard", params={"division": "open"}).status_code == 404

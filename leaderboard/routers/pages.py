@@ -127,37 +127,46 @@ async def index(request: Request, settings: SettingsDep):
     return await cached_response(request, settings.cache_ttl_s, build, HTML)
 
 
+def division_board(session, track, division: str) -> dict:
+    """One division's ranking, records and record progression chart, as track.html shows them."""
+    records = ranking.record_history(session, track=track, division=division)
+    if ranking.is_budget(track):  # the best metric in the budget, not a time
+        points = [(r.set_at.timestamp(), r.metric_mean) for r in records]
+        label, y_label = f"record (mean {track.metric})", track.metric
+    else:
+        points = [(r.set_at.timestamp(), r.time_mean_s) for r in records]
+        label, y_label = "record (mean timed s)", "timed seconds"
+    chart = line_chart(
+        [Series(label, points)],
+        title=f"{track.name}: record progression, {division} division",
+        x_label="date",
+        y_label=y_label,
+        step=True,
+        x_is_time=True,
+    )
+    return {
+        "name": division,
+        "suffix": "" if division == "closed" else f"-{division}",  # the closed board keeps the plain ids
+        "board": ranking.leaderboard(session, track=track, division=division),
+        "records": records,
+        "holder": records[-1].submission_id if records else None,
+        "chart": chart,
+    }
+
+
 @router.get("/tracks/{name}", response_class=HTMLResponse)
 async def track_page(name: str, request: Request, settings: SettingsDep):
     def build() -> str:
         with open_session(request) as session:
             track = track_or_404(session, name)
-            board = ranking.leaderboard(session, track=track)
-            records = ranking.record_history(session, track=track)
-            if ranking.is_budget(track):  # the best metric in the budget, not a time
-                points = [(r.set_at.timestamp(), r.metric_mean) for r in records]
-                label, y_label = f"record (mean {track.metric})", track.metric
-            else:
-                points = [(r.set_at.timestamp(), r.time_mean_s) for r in records]
-                label, y_label = "record (mean timed s)", "timed seconds"
-            chart = line_chart(
-                [Series(label, points)],
-                title=f"{track.name}: record progression",
-                x_label="date",
-                y_label=y_label,
-                step=True,
-                x_is_time=True,
-            )
+            divisions = [division_board(session, track, d) for d in ranking.divisions(track)]  # closed first
             recent, _ = crud.list_runs(session, track=track, limit=20)
             return render(
                 "track.html",
                 track=crud.track_public(track),
                 target=target_text(track),
                 budget=ranking.is_budget(track),
-                holder=records[-1].submission_id if records else None,
-                board=board,
-                records=records,
-                chart=chart,
+                divisions=divisions,
                 recent=recent,
                 max_compared=MAX_COMPARED,
             )

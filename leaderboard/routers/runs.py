@@ -169,7 +169,14 @@ def _insert(session, response, settings, submitter, staged: uploads.StagedBundle
                 code_hash=record.submission.hash,
                 description=description,
                 link=link,
+                division=record.submission.division,
             )
+            if submission.division != record.submission.division:  # one code hash, one division
+                raise HTTPException(
+                    422,
+                    detail=f"submission {submission.name} with this code hash is in the {submission.division} division "
+                    f"on this server, the record says {record.submission.division}: send the runner's record",
+                )
             run = crud.create_run(
                 session,
                 record=record,

@@ -1,6 +1,8 @@
-"""/api/tracks: the tracks, each track's leaderboard and its record progression."""
+"""/api/tracks: the tracks, each track's leaderboard and its record progression (one division each: ?division=)."""
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import TypeAdapter
 
 from leaderboard import crud, ranking
@@ -11,6 +13,19 @@ from leaderboard.pagecache import cached_response
 router = APIRouter(prefix="/api/tracks", tags=["tracks"])
 NOT_FOUND = {404: {"description": "No such track"}}
 BOARD, RECORDS = TypeAdapter(list[StandingPublic]), TypeAdapter(list[RecordPublic])
+
+
+Division = Query(
+    "closed", description="closed (the default) or open: each division is ranked on its own (submissions/contract.py)"
+)
+
+
+def ranked_division(track: TrackRow, division: str) -> str:
+    if division not in ranking.divisions(track):
+        raise HTTPException(
+            404, detail=f"track {track.name} ranks the {' and '.join(ranking.divisions(track))} division only"
+        )
+    return division
 
 
 def track_or_404(session, name: str) -> TrackRow:
@@ -37,10 +52,13 @@ def read_track(name: str, session: SessionDep) -> TrackPublic:
     response_model=list[StandingPublic],
     responses=NOT_FOUND,
 )
-async def read_leaderboard(name: str, request: Request, settings: SettingsDep) -> Response:
+async def read_leaderboard(
+    name: str, request: Request, settings: SettingsDep, division: Literal["closed", "open"] = Division
+) -> Response:
     def build() -> bytes:
         with open_session(request) as session:
-            return BOARD.dump_json(ranking.leaderboard(session, track=track_or_404(session, name)))
+            track = track_or_404(session, name)
+            return BOARD.dump_json(ranking.leaderboard(session, track=track, division=ranked_division(track, division)))
 
     # Cached as bytes with an ETag: a hit touches neither the database nor pydantic.
     return await cached_response(request, settings.cache_ttl_s, build, "application/json")
@@ -52,9 +70,13 @@ async def read_leaderboard(name: str, request: Request, settings: SettingsDep) -
     response_model=list[RecordPublic],
     responses=NOT_FOUND,
 )
-async def read_records(name: str, request: Request, settings: SettingsDep) -> Response:
+async def read_records(
+    name: str, request: Request, settings: SettingsDep, division: Literal["closed", "open"] = Division
+) -> Response:
     def build() -> bytes:
         with open_session(request) as session:
-            return RECORDS.dump_json(ranking.record_history(session, track=track_or_404(session, name)))
+            track = track_or_404(session, name)
+            history = ranking.record_history(session, track=track, division=ranked_division(track, division))
+            return RECORDS.dump_json(history)
 
     return await cached_response(request, settings.cache_ttl_s, build, "application/json")
