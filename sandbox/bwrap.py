@@ -257,6 +257,7 @@ def run(
     env: Mapping[str, str] | None = None,
     limits: Limits = Limits(),
     cwd: Path | None = None,
+    stdin=None,
     stdout=None,
     stderr=None,
     tick: Callable[[], bool] | None = None,
@@ -266,13 +267,15 @@ def run(
 
     read_only: the code and data the command needs (an editable install's source dir too: only
     site-packages is bound, not what its .pth files point at).
+    stdin: None (nothing: /dev/null), a file descriptor or an open file (a pipe's read end, for a
+    process that serves requests); not PIPE.
     stdout/stderr: None (inherit), subprocess.DEVNULL, a file descriptor or an open file; not PIPE.
     tick: called every `tick_s` seconds while the command runs; returning False kills it ("cancelled").
     """
     why = available()
     if why is not None:
         raise RuntimeError(why)
-    if subprocess.PIPE in (stdout, stderr):
+    if subprocess.PIPE in (stdin, stdout, stderr):
         raise ValueError("sandbox run() does not take subprocess.PIPE: pass an open file (or None to inherit)")
     if not cmd:
         raise ValueError("empty command: pass the program and its arguments, e.g. [sys.executable, 'x.py']")
@@ -324,7 +327,7 @@ def run(
             ],
             env={"PATH": path, "LANG": "C.UTF-8"},
             cwd="/",
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
             stdout=stdout,
             stderr=stderr,
             pass_fds=data_fds,

@@ -203,6 +203,19 @@ def test_sandbox_env_acts_only_inside(work_dir):
     assert out.count("cannot be preloaded") == 1, out
 
 
+def test_stdin_is_nothing_unless_a_pipe_is_given(work_dir):
+    result, out = run_py("import sys; print(repr(sys.stdin.read()))", work_dir, limits=Limits(wall_s=30))
+    assert result.status == "ok" and out.strip() == "''", out
+    read, write = os.pipe()
+    os.write(write, b"token ids")
+    os.close(write)
+    try:
+        result, out = run_py("import sys; print(sys.stdin.read())", work_dir, stdin=read, limits=Limits(wall_s=30))
+    finally:
+        os.close(read)
+    assert result.status == "ok" and out.strip() == "token ids", out
+
+
 def test_runs_as_nobody(work_dir):
     result, out = run_py(
         """
