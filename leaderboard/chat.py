@@ -1,19 +1,23 @@
-"""Chat with the top model: which run is served, loading it, hot swaps, and limited streaming generation.
+"""Chat with the top models: which runs are served, loading them, hot swaps, and limited streaming generation.
 
-The served model is the best verified run of the top-ranked submission of a track (ChatSettings.track;
-unset: the first track by name with a verified run; nothing ranked yet: the best verified run), in the
-closed division: its checkpoint is a baseline model that frozen code loads. An open-division model is its
-submission's code, which this process never imports; serving it would take a sandboxed process streaming
-tokens back (eval/open_scoring.py does so for logits), not built yet, so open runs are never served. Its
-weights are the uploaded bundle's model.safetensors, read with safetensors only (no pickle). If a
-chat-tuned child of that run (`harness.chat_tune`) lies in ChatSettings.runs_dir, that child is served
-in chat style; otherwise the base model is served completion style (the conversation's text is
+One model per division: the best verified run of the top-ranked submission of a track (ChatSettings.track;
+unset: the first track by name with a verified run of that division; nothing ranked yet: the best verified
+run). Clients name it by its id: the track's name for the closed division (`cpu-books`), `<track>-open`
+for the open one (`cpu-books-open`); a run id names it too. A closed checkpoint is a baseline model that
+frozen code loads (baseline/engine.py, a KV cache); its weights are the uploaded bundle's
+model.safetensors, read with safetensors only (no pickle). An open one is its submission's code, which
+this process never imports: leaderboard/open_chat.py unpacks the bundle's source.tar and runs the model
+in a warm sandboxed process that returns next-token logits, and this side samples
+(eval/open_generation.py; no KV cache there: a full forward over the context per token). Without
+bubblewrap no open model is served: /v1/models says why in one line and a request for it gets 503 with
+the fix. If a chat-tuned child of a closed run (`harness.chat_tune`) lies in ChatSettings.runs_dir, that
+child is served in chat style; otherwise a model is served completion style (the conversation's text is
 continued) and /v1/models, /health and the page say so.
 
-Hot swap: `ChatService.refresh()` looks the top run up (a background thread does so every poll_s, so a
-verification by the worker process shows within that time); when it changed, the new model is loaded
-while the old one keeps answering, then the reference is replaced in one assignment. A request keeps
-the model it started with until it ends.
+Hot swap: `ChatService.refresh()` looks each division's top run up (a background thread does so every
+poll_s, so a verification by the worker process shows within that time); when it changed, the new model is
+loaded while the old one keeps answering, then the reference is replaced in one assignment. A request keeps
+the model it started with until it ends (a swapped-out open model's process ends with its last request).
 
 Limits (ChatSettings): prompt tokens, max_tokens, n; at most `max_concurrent` generations run and
 `max_queued` more wait (the next one gets 429); a request that waits or runs longer than `timeout_s`
@@ -24,6 +28,7 @@ LEADERBOARD_CHAT_TRACK=cpu-books LEADERBOARD_CHAT_RUNS_DIR=runs speedrun serve).
 import asyncio
 import codecs
 import collections
+import contextlib
 import logging
 import math
 import threading
@@ -37,12 +42,16 @@ from sqlmodel import Session, select
 
 from baseline.checkpoint import read_meta
 from baseline.engine import Engine, render_for_reply
-from leaderboard import crud, ranking
+from baseline.tokenizer import Tokenizer
+from eval.open_generation import SandboxedEngine
+from leaderboard import crud, open_chat, ranking
 from leaderboard.models import Run, Standing, Submission, TrackRow, Verification
 from leaderboard.recompute import load_checkpoint
 from leaderboard.resources import server_facts
 from leaderboard.settings import Settings
 from protocol.record import RECORD_FILE, read_record
+from protocol.tracks import DIVISIONS
+from sandbox import Limits
 
 log = logging.getLogger("leaderboard.chat")
 
@@ -63,6 +72,11 @@ class ChatSettings(BaseSettings):
     max_queued: int = 8  # generations waiting for a slot; beyond that: 429
     timeout_s: float = 120.0  # queue wait + generation
     stream_interval_s: float = 0.02  # tokens that come faster are sent together (0: a chunk per token)
+    # An open model's sandboxed process (leaderboard/open_chat.py): kept warm, restarted after its wall time.
+    open_threads: int = 2  # its torch threads
+    open_memory_bytes: int = 8 * 1024**3
+    open_wall_s: float = 7 * 24 * 3600.0
+    open_start_timeout_s: float = 300.0  # python, torch and the model loaded
 
 
 class Busy(RuntimeError):
@@ -75,8 +89,8 @@ class GenerationTimeout(RuntimeError):
 
 @dataclass
 class ServedModel:
-    engine: Engine
-    info: dict  # id, mode, run_id, track, submission, submitter, rank, stats, loaded_at, ...
+    engine: Engine | SandboxedEngine  # closed: baseline's, a KV cache; open: the sandboxed model's logits
+    info: dict  # id, division, mode, run_id, track, submission, submitter, rank, stats, loaded_at, ...
     key: tuple = ()  # what was loaded: (run_id, bundle sha256, chat checkpoint or None)
 
     @property
@@ -84,8 +98,19 @@ class ServedModel:
         return self.info.get("mode") == "chat"
 
     @property
+    def division(self) -> str:
+        return self.info.get("division", "closed")
+
+    @property
     def max_positions(self) -> int:
+        if isinstance(self.engine, SandboxedEngine):
+            return self.engine.sequence_len
         return self.engine.model.cos.size(1)
+
+    def retire(self) -> None:
+        """Swapped out: an open model's process ends once its last request does."""
+        if isinstance(self.engine, SandboxedEngine):
+            self.engine.retire()
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Chat style: the rendered conversation + `<|assistant_start|>`; completion style: BOS + the text
@@ -100,6 +125,7 @@ def local_served(model, tokenizer, *, name: str = "local", mode: str = "completi
     """A model that is not from the board (benchmarks, tests): swap it in with ChatService.swap()."""
     info = {
         "id": name,
+        "division": "closed",
         "mode": mode,
         "track": None,
         "metric": None,
@@ -127,19 +153,26 @@ def _order(v: Verification, track: TrackRow) -> tuple[float, float]:
     return (sign * metric if metric is not None else float("inf"), v.recomputed_train_time_s or 0.0)
 
 
-def top_run(session: Session, *, track_name: str | None) -> tuple[TrackRow, Run, Standing | None, int | None] | None:
-    """(track, run, its submission's standing, rank) of the run to serve, or None if no closed run is verified."""
+def model_id(track_name: str, division: str) -> str:
+    """The name clients send: the track's for the closed division, `<track>-open` for the open one."""
+    return track_name if division == "closed" else f"{track_name}-{division}"
+
+
+def top_run(
+    session: Session, *, track_name: str | None, division: str = "closed"
+) -> tuple[TrackRow, Run, Standing | None, int | None] | None:
+    """(track, run, its submission's standing, rank) of the division's run to serve, or None if none is verified."""
     tracks = [crud.get_track(session, name=track_name)] if track_name else session.exec(select(TrackRow)).all()
     for track in sorted((t for t in tracks if t is not None), key=lambda t: t.name):
         verified = session.exec(
             select(Run, Verification)
             .join(Verification, Verification.run_pk == Run.id)
             .join(Submission, Submission.id == Run.submission_id)
-            .where(Run.track_id == track.id, Verification.status == "verified", Submission.division == "closed")
+            .where(Run.track_id == track.id, Verification.status == "verified", Submission.division == division)
         ).all()
         if not verified:
             continue
-        board = [s for s in ranking.leaderboard(session, track=track) if s.rank is not None]
+        board = [s for s in ranking.leaderboard(session, track=track, division=division) if s.rank is not None]
         rank = None
         if board:
             rank = board[0].rank
@@ -169,11 +202,14 @@ def chat_checkpoint(runs_dir: Path | None, parent_run_id: str) -> Path | None:
     return max(found)[1] if found else None
 
 
-def describe(session: Session, track: TrackRow, run: Run, standing: Standing | None, rank, chat_ckpt) -> dict:
+def describe(
+    session: Session, track: TrackRow, run: Run, standing: Standing | None, rank, chat_ckpt, division: str = "closed"
+) -> dict:
     """What the API and the page show about the served model."""
     public = crud.run_public(session, run=run)
     return {
-        "id": track.name,  # the model name clients send: "the top model of this track"
+        "id": model_id(track.name, division),  # the model name clients send: "the top model of this track"
+        "division": division,
         "mode": "chat" if chat_ckpt else "completion",
         "track": track.name,
         "metric": track.metric,
@@ -193,32 +229,46 @@ def describe(session: Session, track: TrackRow, run: Run, standing: Standing | N
     }
 
 
-def load_served(session: Session, settings: Settings, chat: ChatSettings) -> ServedModel | None:
-    """Load the top run's model (chat-tuned child if there is one); None when no run is verified."""
-    found = top_run(session, track_name=chat.track)
+def load_served(
+    session: Session, settings: Settings, chat: ChatSettings, division: str = "closed"
+) -> ServedModel | None:
+    """Load the division's top run's model (a closed run's chat-tuned child if there is one); None when no run
+    is verified. An open model's process is started in the sandbox (leaderboard/open_chat.py)."""
+    found = top_run(session, track_name=chat.track, division=division)
     if found is None:
         return None
     track, run, standing, rank = found
-    ckpt = chat_checkpoint(chat.runs_dir, run.run_id)
-    info = describe(session, track, run, standing, rank, ckpt)
+    ckpt = chat_checkpoint(chat.runs_dir, run.run_id) if division == "closed" else None
+    info = describe(session, track, run, standing, rank, ckpt, division)
     tokenizer_dir = server_facts(track, settings).tokenizer_dir
     if tokenizer_dir is None:
         raise FileNotFoundError(f"the server has no tokenizer for track {track.name}: set LEADERBOARD_TRACK_RESOURCES")
-    model_dir = ckpt or Path(settings.storage_dir) / "bundles" / run.bundle_sha256
-    model, tokenizer = load_checkpoint(model_dir, tokenizer_dir=tokenizer_dir, device=chat.device)
+    bundle_dir = Path(settings.storage_dir) / "bundles" / run.bundle_sha256
+    key = (run.run_id, run.bundle_sha256, str(ckpt) if ckpt else None)
+    if division == "open":
+        tokenizer = Tokenizer.load(tokenizer_dir)
+        limits = Limits(wall_s=chat.open_wall_s, memory_bytes=chat.open_memory_bytes)
+        engine = open_chat.load_engine(
+            run, bundle_dir, tokenizer, work_dir=open_chat.work_dir_for(settings.storage_dir, run),
+            threads=chat.open_threads, limits=limits, start_timeout_s=chat.open_start_timeout_s,
+        )  # fmt: skip
+        info |= {"loaded_at": time.time(), "model_config": read_meta(bundle_dir)["model_config"]}
+        info["load_s"] = engine.process.start_s
+        return ServedModel(engine, info, key)
+    model, tokenizer = load_checkpoint(ckpt or bundle_dir, tokenizer_dir=tokenizer_dir, device=chat.device)
     info["loaded_at"] = time.time()
     info["model_config"] = model.config.to_dict()
-    return ServedModel(Engine(model, tokenizer), info, (run.run_id, run.bundle_sha256, str(ckpt) if ckpt else None))
+    return ServedModel(Engine(model, tokenizer), info, key)
 
 
-def current_key(session: Session, chat: ChatSettings) -> tuple | None:
+def current_key(session: Session, chat: ChatSettings, division: str = "closed") -> tuple | None:
     """What load_served would load now, without loading it (cheap: a few queries and a directory scan)."""
-    found = top_run(session, track_name=chat.track)
+    found = top_run(session, track_name=chat.track, division=division)
     if found is None:
         return None
-    run = found[1]
-    ckpt = chat_checkpoint(chat.runs_dir, run.run_id)
-    return (run.run_id, run.bundle_sha256, str(ckpt) if ckpt else None)
+    track, run = found[0], found[1]
+    ckpt = chat_checkpoint(chat.runs_dir, run.run_id) if division == "closed" else None
+    return (run.run_id, run.bundle_sha256, str(ckpt) if ckpt else None), model_id(track.name, division)
 
 
 # ------------------------------------------------------------------ streaming text out of token ids
@@ -265,13 +315,14 @@ class ChatService:
         """`poll=False` (tests, benchmarks): no background refresh; the model changes only by refresh() or swap()."""
         self.chat = chat or ChatSettings()
         self.settings, self.db = settings, db
-        self._current: ServedModel | None = None
+        self._served: dict[str, ServedModel] = {}  # division -> its model
+        self.unavailable: dict[str, str] = {}  # model id -> why it is not served (one line: no sandbox)
+        self.errors: dict[str, str] = {}  # division -> why its model could not be loaded
         self._slots = threading.Semaphore(self.chat.max_concurrent)
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self.admitted = 0  # running + waiting
         self.running = 0
-        self.last_error: str | None = None
         self.swaps = 0
         self.looked = 0  # refreshes that reached the database (0: still starting up)
         self._stop = threading.Event()
@@ -282,33 +333,69 @@ class ChatService:
 
     @property
     def current(self) -> ServedModel | None:
-        return self._current
+        """The closed division's model (the open one's if it is the only one): what the page shows."""
+        return self._served.get("closed") or next(iter(self._served.values()), None)
 
-    def swap(self, served: ServedModel | None) -> None:
-        """Serve `served` from now on (one assignment: requests in flight keep the model they hold)."""
-        old, self._current = self._current, served
+    def models(self) -> list[ServedModel]:
+        """Every served model, closed first."""
+        return [self._served[d] for d in DIVISIONS if d in self._served]
+
+    def find(self, name: str) -> ServedModel | None:
+        """The served model a request names (its id, or its run id)."""
+        return next((m for m in self.models() if name in (m.info["id"], m.info["run_id"])), None)
+
+    @property
+    def last_error(self) -> str | None:
+        return "; ".join(f"{d}: {e}" if len(self.errors) > 1 else e for d, e in self.errors.items()) or None
+
+    def swap(self, served: ServedModel | None, division: str | None = None) -> None:
+        """Serve `served` for its division from now on (one assignment: requests in flight keep the model they
+        hold); None stops serving `division`. A swapped-out open model's process ends after its last request."""
+        division = division or (served.division if served is not None else "closed")
+        old = self._served.get(division)
+        if served is None:
+            self._served.pop(division, None)
+        else:
+            self._served[division] = served
         self.swaps += 1
+        if old is not None and old is not served:
+            old.retire()
         log.info("chat: serving %s (was %s)", served and served.info.get("run_id"), old and old.info.get("run_id"))
 
     def refresh(self) -> bool:
-        """Load and swap in the top run if it is not the one served; True when a swap happened."""
+        """Load and swap in each division's top run if it is not the one served; True when a swap happened."""
         if self.db is None or self.settings is None:
             return False
+        swapped = False
         with self._refresh_lock:
-            try:
-                with Session(self.db) as session:
-                    key = current_key(session, self.chat)
-                    self.looked += 1
-                    if key is None or (self._current is not None and self._current.key == key):
-                        return False
-                    served = load_served(session, self.settings, self.chat)
-            except Exception as e:  # noqa: BLE001 -- keep serving the old model; /health shows why
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.exception("chat: could not load the top run")
-                return False
-            self.last_error = None
-            self.swap(served)
-            return True
+            for division in DIVISIONS:
+                swapped = self._refresh(division) or swapped
+            self.looked += 1
+        return swapped
+
+    def _refresh(self, division: str) -> bool:
+        try:
+            with Session(self.db) as session:
+                found = current_key(session, self.chat, division)
+                if found is None:
+                    return False
+                key, name = found
+                why = open_chat.unavailable() if division == "open" else None
+                if why:  # not served here: /v1/models and a request for it say why
+                    self.unavailable[name] = why
+                    return False
+                self.unavailable.pop(name, None)
+                served = self._served.get(division)
+                if served is not None and served.key == key:
+                    return False
+                served = load_served(session, self.settings, self.chat, division)
+        except Exception as e:  # noqa: BLE001 -- keep serving the old model; /health shows why
+            self.errors[division] = f"{type(e).__name__}: {e}"
+            log.exception("chat: could not load the top %s run", division)
+            return False
+        self.errors.pop(division, None)
+        self.swap(served, division)
+        return True
 
     def start(self) -> None:
         """The first refresh and the polling thread (once); called lazily by the routes."""
@@ -326,6 +413,8 @@ class ChatService:
 
     def close(self) -> None:
         self._stop.set()
+        for served in self.models():
+            served.retire()
 
     # ---------------------------------------------------------- generation
 
@@ -423,9 +512,20 @@ class Generation:
     def produce(self) -> None:
         """On the generation thread: decode, turn tokens into text per choice, hand each step over."""
         engine = self.served.engine
+        args = self.args | ({"deadline": self.deadline} if isinstance(engine, SandboxedEngine) else {})
+        with contextlib.closing(engine.generate(self.prompt, **args)) as columns:
+            try:
+                self._decode(engine, columns)
+            except (
+                TimeoutError
+            ):  # an open model's process answered too late (it is killed; the next request restarts it)
+                limit = self.service.chat.timeout_s
+                self.put(GenerationTimeout(f"generation ran past the server's limit of {limit:g} s: the model is slow"))
+
+    def _decode(self, engine, columns) -> None:
         texts = [Detokenizer(engine.tokenizer) for _ in range(self.n)]
         done: dict[int, str] = {}
-        for column in engine.generate(self.prompt, **self.args):
+        for column in columns:
             if self.cancelled.is_set():
                 return
             step = Step()

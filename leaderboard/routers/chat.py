@@ -1,7 +1,9 @@
 """Chat with the top model: an OpenAI-compatible API and a page that streams the reply as it is generated.
 
 GET  /health                 200 with what is served, 503 while no model is (loading, nothing verified)
-GET  /v1/models              the served model (id = the track's name; `mode` chat or completion)
+GET  /v1/models              the served models, one per division (id: the track's name for the closed one,
+                             `<track>-open` for the open one; `mode` chat or completion); `unavailable`
+                             names a model that is not served and why (an open one without bubblewrap)
 POST /v1/chat/completions    OpenAI's shape; `stream: true` answers with SSE `chat.completion.chunk`
                              events ending with `data: [DONE]`
 POST /api/admin/chat/reload  (admin) look for a new top run now and swap it in
@@ -9,7 +11,8 @@ GET  /chat                   the chat page
 
 Errors before a reply starts are HTTP errors with a `detail`: 400 (limits, turn order), 404 (unknown
 model), 413 (a body over Settings.max_chat_body_bytes, refused before it is read), 422 (malformed
-body, NaN or out-of-range numbers), 429 (queue full, with Retry-After), 503 (no model), 504 (timeout).
+body, NaN or out-of-range numbers), 429 (queue full, with Retry-After), 503 (no model; an open model
+without the sandbox, or whose sandboxed process died: the next request restarts it), 504 (timeout).
 The prompt's characters are capped (ChatSettings.max_prompt_chars) before it is tokenized, and the
 tokenizing runs on the thread pool, never on the event loop. A client that goes away ends its
 generation, streaming or not. An
@@ -30,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from eval.open_generation import ModelFailed
 from leaderboard.chat import Busy, ChatService, ChatSettings, GenerationTimeout, ServedModel
 from leaderboard.deps import CurrentAdmin
 from leaderboard.routers.pages import templates  # the same Jinja2 environment and filters
@@ -49,13 +53,20 @@ def chat_service(request: Request) -> ChatService:
     return app.state.chat
 
 
-def served_or_503(service: ChatService) -> ServedModel:
-    served = service.current
-    if served is None:
+def served_or_error(service: ChatService, name: str) -> ServedModel:
+    """The served model `name` names; 503 when it cannot be served here or nothing is, else 404 naming the ids."""
+    if name in service.unavailable:
+        raise HTTPException(503, detail=f"model {name!r} is not served here: {service.unavailable[name]}")
+    served = service.find(name)
+    if served is not None:
+        return served
+    models = service.models()
+    if not models:
         track = service.chat.track or "any track"
         why = service.last_error or (f"no verified run on {track} yet" if service.looked else "the model is loading")
         raise HTTPException(503, detail=f"no model is served: {why}; try again later")
-    return served
+    ids = " or ".join(repr(m.info["id"]) for m in models)
+    raise HTTPException(404, detail=f"model {name!r} is not served here: use {ids}")
 
 
 # ------------------------------------------------------------------ request and response shapes
@@ -111,9 +122,7 @@ def check_turns(messages: list[dict]) -> None:
 
 def prepare(body: ChatCompletionRequest, service: ChatService) -> tuple[ServedModel, list[int], dict]:
     """Validate against the served model and the limits; (served, prompt ids, generation arguments)."""
-    served, limits = served_or_503(service), service.chat
-    if body.model not in (served.info["id"], served.info["run_id"]):
-        raise HTTPException(404, detail=f"model {body.model!r} is not served here: use {served.info['id']!r}")
+    served, limits = served_or_error(service, body.model), service.chat
     if body.stop:
         raise HTTPException(400, detail="stop sequences are not supported: the model stops at <|assistant_end|>")
     if body.n > limits.max_n:
@@ -173,6 +182,7 @@ async def health(request: Request):
         "model": served and served.info["id"],
         "run_id": served and served.info["run_id"],
         "mode": served and served.info["mode"],
+        "models": [m.info["id"] for m in service.models()],
         "running": service.running,
         "queued": service.queued,
         "swaps": service.swaps,
@@ -181,22 +191,23 @@ async def health(request: Request):
     return JSONResponse(body, status_code=200 if served else 503)
 
 
-@router.get("/v1/models", summary="The served model (OpenAI shape)")
+@router.get("/v1/models", summary="The served models, one per division (OpenAI shape)")
 async def list_models(request: Request) -> dict:
-    served = chat_service(request).current
-    data = []
-    if served is not None:
-        info = served.info
-        data.append(
-            {
-                "id": info["id"],
-                "object": "model",
-                "created": int(info["loaded_at"]),
-                "owned_by": info["submitter"],
-                **{k: info[k] for k in ("mode", "track", "run_id", "submission", "rank")},
-            }
-        )
-    return {"object": "list", "data": data}
+    service = chat_service(request)
+    data = [
+        {
+            "id": info["id"],
+            "object": "model",
+            "created": int(info["loaded_at"]),
+            "owned_by": info["submitter"],
+            **{k: info.get(k) for k in ("division", "mode", "track", "run_id", "submission", "rank")},
+        }
+        for info in (m.info for m in service.models())
+    ]
+    body = {"object": "list", "data": data}
+    if service.unavailable:
+        body["unavailable"] = [{"id": name, "reason": why} for name, why in service.unavailable.items()]
+    return body
 
 
 @router.post(
@@ -242,6 +253,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 finish[i] = reason
     except GenerationTimeout as e:
         raise HTTPException(504, detail=str(e)) from None
+    except ModelFailed as e:
+        raise HTTPException(503, detail=str(e)) from None
     except Exception as e:  # noqa: BLE001 -- the generation thread failed: say why rather than a bare 500
         raise HTTPException(500, detail=f"generation failed: {type(e).__name__}: {e}") from None
     finally:
@@ -295,6 +308,8 @@ async def sse_events(gen, head: dict, prompt: list[int], include_usage: bool):
                 yield chunk(choices)
     except GenerationTimeout as e:
         yield event({"error": {"message": str(e), "type": "timeout", "code": 504}})
+    except ModelFailed as e:
+        yield event({"error": {"message": str(e), "type": "model_unavailable", "code": 503}})
     except Exception as e:  # noqa: BLE001 -- the status line is sent; the client learns why from the stream
         yield event({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "code": 500}})
     else:
