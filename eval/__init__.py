@@ -9,6 +9,8 @@
     run.py             `evaluate(...)`, the result table, and `speedrun eval`
     open_model.py      an open-division model: built from its submission's source, scored by its logits
     open_scoring.py    the same score from outside the model's process: the model in the sandbox returns logits only
+    open_generation.py generation from outside the model's process: a warm sandboxed model returns next-token logits,
+                       the caller samples (the chat's open model)
 
 Nothing here imports the submissions package: eval depends on `baseline` (and `protocol`) only. open_model.py
 executes one submission's source file when asked to (`load_open_model`), in the processes meant for it.

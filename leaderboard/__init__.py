@@ -32,12 +32,13 @@
     pagecache.py    board reads built once and served as bytes with ETags, before routing when fresh
     redact.py       no message carries a server path
     charts.py       inline SVG charts rendered on the server
-    chat.py         the served model (closed division only), hot swaps and limited streaming generation
+    chat.py         the served models (one per division), hot swaps and limited streaming generation
+    open_chat.py    an open model in the chat: its source unpacked, its model in a warm sandboxed process (logits only)
     routers/        one router per resource (tracks, runs, registrations, submissions, admin, runners, chat), pages
     app.py          create_app() and serve()
 
 Dependencies point one way: the leaderboard builds on `protocol` (tracks, records, statistics, hashes)
 and uses `baseline` + `eval` to verify; it never imports `harness` or `submissions` (import-linter
 contracts in pyproject.toml), and nothing below it imports it. No process of the service imports submitted
-code: an open run's model runs in the bubblewrap sandbox and only its logits come back.
+code: an open run's model runs in the bubblewrap sandbox and only its logits come back (scoring and chat).
 """
