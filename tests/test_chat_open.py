@@ -172,6 +172,10 @@ def test_a_closed_model_is_served_beside_it_and_unaffected(board):
         assert ask(board, track).json()["choices"] == closed["choices"]
         r = ask(board, "gpt-4")
         assert r.status_code == 404 and f"use '{track}' or '{board.model_id}'" in r.json()["detail"]
+        page = board.client.get("/chat").text  # the closed model's, with a link to the open one
+        assert f'data-model="{track}"' in page and f'href="/chat?model={board.model_id}"' in page
+        page = board.client.get("/chat", params={"model": board.model_id}).text
+        assert f'data-model="{board.model_id}"' in page and "Open division" in page
     finally:
         service.swap(None, "closed")
 

@@ -7,7 +7,7 @@ GET  /v1/models              the served models, one per division (id: the track'
 POST /v1/chat/completions    OpenAI's shape; `stream: true` answers with SSE `chat.completion.chunk`
                              events ending with `data: [DONE]`
 POST /api/admin/chat/reload  (admin) look for a new top run now and swap it in
-GET  /chat                   the chat page
+GET  /chat?model=ID          the chat page (unset: the closed division's model; links to the others)
 
 Errors before a reply starts are HTTP errors with a `detail`: 400 (limits, turn order), 404 (unknown
 model), 413 (a body over Settings.max_chat_body_bytes, refused before it is read), 422 (malformed
@@ -327,9 +327,12 @@ async def reload_model(request: Request, _admin: CurrentAdmin) -> dict:
 
 
 @router.get("/chat", response_class=HTMLResponse, include_in_schema=False)
-async def chat_page(request: Request):
+async def chat_page(request: Request, model: str | None = None):
+    """The chat with `model` (an id of /v1/models; unset: the closed division's), links to the others."""
     service = chat_service(request)
-    served = service.current
+    served = (model and service.find(model)) or service.current
+    others = [m.info for m in service.models() if m is not served]
     context = {"info": served and served.info, "limits": service.chat, "error": service.last_error}
+    context |= {"others": others, "unavailable": service.unavailable}
     context |= {"default_temperature": DEFAULT_TEMPERATURE}
     return templates.TemplateResponse(request, "chat.html", context)
