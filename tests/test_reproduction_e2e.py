@@ -5,6 +5,8 @@
 - the same run with an edited loss curve, and with an inflated speed (its step events rescaled consistently
   on both clocks, which verification cannot tell), each ends disputed (slow);
 - a second process registers as a runner machine, takes the job, and its result is accepted (slow);
+- an open-division run (its own build_model): its model scored in the sandbox, then re-run from its source.tar
+  and reproduced (slow);
 - the real cpu-books track, fewer steps: reproduced, and both forgeries disputed (slow; prints the re-runs'
   wall times).
 """
@@ -30,10 +32,11 @@ from leaderboard.tokens import create_token
 from leaderboard.verifier import verify_worker
 from protocol.tracks import load_track
 from sandbox import available
+from submissions.scaffold import scaffold
 from tests.conftest import PRETRAIN, REPO
 from tests.leaderboard_fixtures import serve_in_thread
 from tests.reproduction_fixtures import reproduce_table
-from tests.test_harness import TINY_TRACK
+from tests.test_harness import PRETRAIN_HASH, TINY_TRACK
 
 needs_sandbox = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -48,7 +51,7 @@ def tiny(tmp_path_factory, pretrain_dir):
         # a wide time band: on a shared test machine a tiny run's seconds may differ tenfold between two honest
         # runs (the forged speed below claims 1000x)
         track_file.write_text(
-            TINY_TRACK.format(content_hash=load_track("cpu-books").dataset.content_hash, data_dir=PRETRAIN, steps=6)
+            TINY_TRACK.format(content_hash=PRETRAIN_HASH, data_dir=PRETRAIN, steps=6)
             + reproduce_table("server", time_ratio_max=100.0)
         )
         track = load_track(track_file)
@@ -173,6 +176,30 @@ def test_a_forged_run_that_verifies_is_disputed_by_its_rerun(tiny, tmp_path, for
     assert 'class="badge disputed"' in page and why.split("'")[0] in page
     [row] = srv.client.get(f"/api/tracks/{tiny.track.name}/leaderboard").json()
     assert row["n_disputed"] == 1 and "disputed" in row["why_unranked"]
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_an_open_run_is_reproduced_from_its_source_in_the_sandbox(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEEDRUN_CACHE", str(tiny.root / "cache"))  # the module's tokenizer
+    track_file = tmp_path / "tiny-books.toml"
+    track_file.write_text(
+        tiny.track_file.read_text().replace("provisional = true", 'provisional = true\ndivisions = ["closed", "open"]')
+    )
+    track = load_track(track_file)
+    sub = scaffold("open_baseline", tmp_path, open_division=True)
+    [run_dir] = runner.run(track, str(sub), seeds=[3], runs_dir=tmp_path / "runs")
+    srv = server(SimpleNamespace(**{**vars(tiny), "track_file": track_file, "track": track}), tmp_path / "lb")
+    run_id = submit(srv, run_dir)["run_id"]
+    assert verify_worker(once=True, settings=srv.settings, worker_id="e2e") == 2  # verified, then re-run
+    run = srv.client.get(f"/api/runs/{run_id}").json()
+    detail = run["reproduction_detail"]
+    assert run["verification"] == "verified", run["verification_detail"]
+    assert run["reproduction"] == "reproduced", detail
+    e = detail["evidence"]
+    assert e["losses"]["max_abs_diff"] == 0 and e["metric"]["abs_diff"] == 0 and e["weights"]["identical"], e
+    [row] = srv.client.get(f"/api/tracks/{track.name}/leaderboard", params={"division": "open"}).json()
+    assert row["division"] == "open" and row["n_reproduced"] == 1
 
 
 @needs_sandbox
