@@ -338,7 +338,7 @@ class ChatService:
 
     def models(self) -> list[ServedModel]:
         """Every served model, closed first."""
-        return [self._served[d] for d in DIVISIONS if d in self._served]
+        return [m for m in map(self._served.get, DIVISIONS) if m is not None]
 
     def find(self, name: str) -> ServedModel | None:
         """The served model a request names (its id, or its run id)."""
