@@ -123,6 +123,7 @@ def test_a_full_run_writes_a_complete_record(tmp_path):
         assert str(tmp_path) not in text and str(Path.home()) not in text, name
 
 
+@pytest.mark.slow  # ~55 s; the default suite keeps test_train's resume tests and the SLURM preemption test
 def test_sigterm_preempts_and_resume_finishes_like_an_uninterrupted_run(tmp_path):
     """SIGTERM (a cloud's or SLURM's notice): saved at the next step boundary, resumed there, same losses."""
     track_file = write_track(tmp_path, steps=16)

@@ -25,6 +25,7 @@ from tests.leaderboard_fixtures import serve_in_thread  # noqa: E402
 from tests.test_harness import cache, write_track  # noqa: E402, F401 -- the tokenizer cache fixture
 
 
+@pytest.mark.slow  # ~45 s; the default suite keeps `speedrun run --server`'s real runs through the worker
 def test_real_runs_verify_with_their_claimed_numbers_and_rank(tmp_path):
     track_file = write_track(tmp_path)
     track = load_track(track_file)

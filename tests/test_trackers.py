@@ -61,6 +61,7 @@ def wandb_history(run_dir: Path) -> tuple[dict[int, dict], dict, dict]:
     return history, summary, config
 
 
+@pytest.mark.slow  # ~35 s, a whole run; the default suite keeps the bare trainer's wandb test
 def test_a_run_logs_every_step_event_of_its_record_to_wandb_offline(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb", reason="pip install -e '.[wandb]'")
     monkeypatch.setenv("WANDB_MODE", "offline")
