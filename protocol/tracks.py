@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import tomli_w
+import tomlkit
 
 BUILTIN_DIR = Path(__file__).parent / "tracks"
 
@@ -221,12 +221,13 @@ def list_tracks() -> list[Track]:
 
 
 def save_calibration(track: Track, threshold: float, calibration: dict) -> Path:
-    """Write the calibrated target into the track file and mark the track no longer provisional."""
-    raw = tomllib.loads(track.path.read_text())
-    raw["target"]["threshold"] = threshold
-    raw["provisional"] = False
-    raw["calibration"] = calibration
-    track.path.write_text(tomli_w.dumps(raw))
+    """Write the calibrated target into the track file and mark the track no longer provisional; the file's
+    comments (why the recipe and the data are what they are) and its order stay as they were."""
+    doc = tomlkit.parse(track.path.read_text())
+    doc["target"]["threshold"] = threshold
+    doc["provisional"] = False
+    doc["calibration"] = calibration
+    track.path.write_text(tomlkit.dumps(doc))
     return track.path
 
 

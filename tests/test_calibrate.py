@@ -5,7 +5,7 @@ import tomllib
 import pytest
 
 from harness.calibrate import MARGIN_STDS, calibrate, threshold_from
-from protocol.tracks import load_track
+from protocol.tracks import load_track, save_calibration
 from tests.test_harness import cache, write_track  # noqa: F401 -- the tokenizer cache fixture
 
 
@@ -17,6 +17,17 @@ def test_threshold_is_the_mean_plus_the_margin_rounded_outward():
     assert threshold_from([2.0, 2.1, 2.2001], higher_is_better=False)[0] == 2.601  # outward: never below the margin
     with pytest.raises(ValueError, match="at least 2"):
         threshold_from([2.0], higher_is_better=False)
+
+
+def test_saving_a_calibration_keeps_the_track_files_comments(tmp_path):
+    track_file = tmp_path / "cpu-books.toml"
+    track_file.write_text(load_track("cpu-books").path.read_text().replace("[target]", "# why the target\n[target]"))
+    save_calibration(load_track(track_file), 2.5, {"metric": "val_bpb", "values": [2.4, 2.41], "mean": 2.405})
+    text = track_file.read_text()
+    assert "# why the target\n[target]" in text and "# Version 2" in text  # comments and their places kept
+    written = tomllib.loads(text)
+    assert written["target"]["threshold"] == 2.5 and written["provisional"] is False
+    assert written["calibration"]["values"] == [2.4, 2.41] and load_track(track_file).target.threshold == 2.5
 
 
 @pytest.mark.slow  # four real runs of the tiny track
