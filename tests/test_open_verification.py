@@ -37,7 +37,7 @@ from protocol.record import read_spec
 from protocol.source import SOURCE_FILE, pack_source
 from tests.conftest import PRETRAIN
 from tests.test_harness import cache  # noqa: F401 -- the tokenizer cache fixture
-from tests.test_open_division import open_run  # noqa: F401 -- the tiny open run (seed 5)
+from tests.test_open_division import WRAPPED, open_run  # noqa: F401 -- open_run: the tiny open run (seed 5)
 
 needs_sandbox = pytest.mark.skipif(sandbox.available() is not None, reason=str(sandbox.available()))
 
@@ -118,21 +118,7 @@ def test_an_open_run_verifies_with_its_model_scored_in_the_sandbox(open_run, tmp
     print(f"open run verified; the sandboxed score took {checks['val_bpb']['evidence']['seconds']:.1f} s")
 
 
-# Each variant is the honest model with one thing added (WRAPPED wraps its forward, build_model builds it).
-WRAPPED = """
-from baseline.gpt import GPT as _GPT
-
-
-class Wrapped(_GPT):
-    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
-        out = super().forward(idx, targets, kv_cache, loss_reduction)
-        {action}
-        return out
-
-
-def build_model(plan, device, compute_dtype):
-    return build_baseline_gpt(plan.model_config, device, compute_dtype, model_class=Wrapped)
-"""
+# Each variant is the honest model with one thing added (tests/test_open_division.py's WRAPPED wraps its forward).
 UNLOADABLE = """
 def build_model(plan, device, compute_dtype):
     model = build_baseline_gpt(plan.model_config, device, compute_dtype)
