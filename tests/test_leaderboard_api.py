@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("sqlmodel")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, make_url, text  # noqa: E402
 
 from leaderboard.app import create_app  # noqa: E402
 from leaderboard.db import get_engine  # noqa: E402
@@ -38,12 +38,22 @@ FIELD = {
 
 
 def postgres_url() -> tuple[str | None, str]:
-    """(url, why not) of a reachable PostgreSQL for the tests."""
+    """(url, why not) of a reachable PostgreSQL for the tests.
+
+    Under pytest-xdist each worker gets a database of its own (`<name>_gw0`, ...), created on first use:
+    every test starts by emptying the schema, which must not happen under another worker's test.
+    """
     url = os.environ.get("LEADERBOARD_TEST_DATABASE_URL", PG_DEFAULT)
     try:
-        engine = create_engine(url, connect_args={"connect_timeout": 2})
+        engine = create_engine(url, connect_args={"connect_timeout": 2}, isolation_level="AUTOCOMMIT")
         with engine.connect() as c:
             c.execute(text("SELECT 1"))
+            if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+                base = make_url(url)
+                name = f"{base.database}_{worker}"
+                if c.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+                    c.execute(text(f'CREATE DATABASE "{name}"'))
+                url = base.set(database=name).render_as_string(hide_password=False)
         engine.dispose()
         return url, ""
     except Exception as e:  # noqa: BLE001 -- any failure to connect means: skip, and say why

@@ -27,6 +27,9 @@ REASONS = {  # tampering -> (check that fails, words its reason must contain)
 }
 
 
+# PostgreSQL only under -m slow: every bundle here is re-scored, which is the same work on either database, and
+# the PostgreSQL-only paths (the job queue's SKIP LOCKED, re-verification) have tests of their own that run by default.
+@pytest.mark.parametrize("db_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True)
 def test_honest_runs_verify_rank_and_set_the_record_tampered_ones_are_rejected(env, golden_bundles):  # noqa: F811
     for name in ("r0", "r1", "r2"):
         assert upload(env, golden_bundles[name], env.alice).status_code == 201

@@ -469,9 +469,11 @@ def write_open_track(tmp_path: Path, steps: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def open_run(tmp_path_factory):
-    """`speedrun new --open`'s submission (the baseline's model, built by build_model) on the tiny track, seed 5."""
+    """`speedrun new --open`'s submission (the baseline's model, built by build_model) on the tiny track, seed 5.
+
+    Session-wide: the open verification and open chat tests read the same run, trained once."""
     tmp = tmp_path_factory.mktemp("open")
     os.environ["SPEEDRUN_CACHE"] = str(tmp_path_factory.getbasetemp() / "speedrun-cache")
     sub = scaffold("open_baseline", tmp, open_division=True)
