@@ -9,6 +9,8 @@ written: a broken plug-in, a repeated seed, a division the track does not rank, 
 do not match the track (unless --unofficial), a bad shape; a leaderboard's registration comes last.
 """
 
+import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -25,7 +27,8 @@ from baseline.config import TrainConfig, plan_training
 from baseline.dataset import download_shards, list_shards, shard_name, write_view
 from baseline.tokenizer import Tokenizer, train_from_shards
 from harness import provenance
-from protocol.paths import REPO, eval_bundle_dir, track_data_dir, track_tokenizer_dir
+from protocol.hashing import code_hashes, folder_or_file_hash, tree_hash
+from protocol.paths import REPO, eval_bundle_dir, passed_checks_dir, track_data_dir, track_tokenizer_dir
 from protocol.record import (
     Campaign,
     Provenance,
@@ -41,6 +44,7 @@ from protocol.record import (
 from protocol.source import SOURCE_FILE, check_source, pack_source
 from protocol.tracks import Track
 from submissions.contract import SUBMISSIONS_DIR, SubmissionError, check_eval_budget
+from submissions.contract import resolve as resolve_submission
 
 SOURCE_DIR = "source"  # in an open run's directory: the submission's code, unpacked from source.tar
 
@@ -61,10 +65,22 @@ class CheckedSubmission:
 
 
 def checked_submission(submission: str) -> CheckedSubmission:
-    """The submission, loaded and checked in a child process (harness/plugin_check.py): its code never runs here."""
+    """The submission, loaded and checked in a child process (harness/plugin_check.py): its code never runs here.
+
+    A pass is remembered under the cache root, keyed by everything the check reads (the submission's files and
+    place, the frozen code, the submissions package, Python and torch), so running the same code again skips the
+    child's imports and tiny training (~3 s); a change to any of them checks again. Only passes are kept, and
+    the check only refuses early what the guard, the runner and the server would refuse anyway.
+    """
     given = str(submission)
     if not (SUBMISSIONS_DIR / given.replace(".", "/")).exists() and Path(given).exists():
         given = str(Path(given).resolve())  # a path from the caller's directory; the check runs in the repo
+    passed, path = _passed_check_file(given)
+    if passed is not None and passed.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            checked = _checked(json.loads(passed.read_text()))
+            if checked.path == path:  # an entry that names another folder is not this submission's pass
+                return checked
     out = subprocess.run(
         [sys.executable, "-m", "harness.plugin_check", given],
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
@@ -75,8 +91,37 @@ def checked_submission(submission: str) -> CheckedSubmission:
         if error:
             raise SubmissionError(error.removeprefix("speedrun: error: "))
         raise RuntimeError(f"the conformance check of {submission} crashed: {' | '.join(lines[-3:])}")
-    raw = json.loads(out.stdout.strip().splitlines()[-1])
+    line = out.stdout.strip().splitlines()[-1]
+    checked = _checked(json.loads(line))
+    if passed is not None:
+        passed.parent.mkdir(parents=True, exist_ok=True)
+        tmp = passed.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(line)
+        tmp.replace(passed)  # atomic: a concurrent campaign never reads half a file
+    return checked
+
+
+def _checked(raw: dict) -> CheckedSubmission:
     return CheckedSubmission(name=raw["name"], path=Path(raw["path"]), config=raw["config"], division=raw["division"])
+
+
+def _passed_check_file(given: str) -> tuple[Path | None, Path | None]:
+    """(where a pass of this submission's check is remembered, its resolved folder or file), or (None, None)
+    when it does not resolve (the check then says why)."""
+    try:
+        path = resolve_submission(given)[1].resolve()
+    except SubmissionError:
+        return None, None
+    key = {
+        "submission": folder_or_file_hash(path),
+        "path": str(path),
+        "code": code_hashes(REPO),
+        "submissions": tree_hash(SUBMISSIONS_DIR),
+        "python": sys.version,
+        "torch": torch.__version__,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return passed_checks_dir() / f"{digest}.json", path
 
 
 def prepare_data(track: Track, data_dir: Path) -> list[Path]:

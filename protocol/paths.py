@@ -36,6 +36,11 @@ def compile_cache_dir() -> Path:
     return cache_root() / "compile"
 
 
+def passed_checks_dir() -> Path:
+    """Submissions that passed their conformance check, one small JSON file per (code, submission) key."""
+    return cache_root() / "passed-checks"
+
+
 def leaderboard_dir() -> Path:
     """The local leaderboard's database and uploaded bundles, unless the service is told otherwise."""
     return cache_root() / "leaderboard"

@@ -15,6 +15,7 @@ from harness import campaign, runner
 from protocol.events import read_events
 from protocol.record import read_record
 from protocol.tracks import load_track
+from submissions.contract import SubmissionError
 from tests.conftest import PRETRAIN, REPO
 from tests.leaderboard_fixtures import PRETRAIN_HASH
 
@@ -222,6 +223,29 @@ def test_a_broken_submission_is_refused_before_anything_runs(tmp_path):
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "no_such_module_here" in lines[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_passed_check_is_reused_only_for_the_same_code(tmp_path, monkeypatch):
+    """The second check of unchanged code starts no child; an edit, even one that breaks it, is checked again."""
+    sub = tmp_path / "mine"
+    sub.mkdir()
+    (sub / "submission.py").write_text('METADATA = {"authors": ["a"], "description": "d"}\nCONFIG = {"matrix_lr": 0.03}\n')
+    first = campaign.checked_submission(str(sub))
+    assert first.path == sub.resolve() and first.config == {"matrix_lr": 0.03}
+    children = []
+    real_run = subprocess.run
+    monkeypatch.setattr(campaign.subprocess, "run", lambda *a, **k: children.append(a) or real_run(*a, **k))
+    assert campaign.checked_submission(str(sub)) == first and children == []
+    (sub / "submission.py").write_text('METADATA = {"authors": ["a"], "description": "d"}\nCONFIG = {"matrix_lrr": 0.03}\n')
+    with pytest.raises(SubmissionError, match="matrix_lrr"):
+        campaign.checked_submission(str(sub))
+    assert len(children) == 1
+    # A forged pass naming another folder, written where this submission's pass would be, is not taken.
+    (sub / "submission.py").write_text('METADATA = {"authors": ["a"], "description": "d"}\nimport no_such_module\n')
+    entry, _ = campaign._passed_check_file(str(sub))
+    entry.write_text(json.dumps({"name": "mine", "path": str(tmp_path), "config": {}, "division": "closed"}))
+    with pytest.raises(SubmissionError, match="no_such_module"):
+        campaign.checked_submission(str(sub))
 
 
 def test_preflight_refuses_the_wrong_hardware_and_the_wrong_data(tmp_path):
