@@ -229,19 +229,20 @@ def test_a_passed_check_is_reused_only_for_the_same_code(tmp_path, monkeypatch):
     """The second check of unchanged code starts no child; an edit, even one that breaks it, is checked again."""
     sub = tmp_path / "mine"
     sub.mkdir()
-    (sub / "submission.py").write_text('METADATA = {"authors": ["a"], "description": "d"}\nCONFIG = {"matrix_lr": 0.03}\n')
+    metadata = 'METADATA = {"authors": ["a"], "description": "d"}\n'
+    (sub / "submission.py").write_text(metadata + 'CONFIG = {"matrix_lr": 0.03}\n')
     first = campaign.checked_submission(str(sub))
     assert first.path == sub.resolve() and first.config == {"matrix_lr": 0.03}
     children = []
     real_run = subprocess.run
     monkeypatch.setattr(campaign.subprocess, "run", lambda *a, **k: children.append(a) or real_run(*a, **k))
     assert campaign.checked_submission(str(sub)) == first and children == []
-    (sub / "submission.py").write_text('METADATA = {"authors": ["a"], "description": "d"}\nCONFIG = {"matrix_lrr": 0.03}\n')
+    (sub / "submission.py").write_text(metadata + 'CONFIG = {"matrix_lrr": 0.03}\n')
     with pytest.raises(SubmissionError, match="matrix_lrr"):
         campaign.checked_submission(str(sub))
     assert len(children) == 1
     # A forged pass naming another folder, written where this submission's pass would be, is not taken.
-    (sub / "submission.py").write_text('METADATA = {"authors": ["a"], "description": "d"}\nimport no_such_module\n')
+    (sub / "submission.py").write_text(metadata + "import no_such_module\n")
     entry, _ = campaign._passed_check_file(str(sub))
     entry.write_text(json.dumps({"name": "mine", "path": str(tmp_path), "config": {}, "division": "closed"}))
     with pytest.raises(SubmissionError, match="no_such_module"):

@@ -56,6 +56,9 @@ train_time_s = [3.0, 3.1, 3.0]
 """
 
 
+# Two whole runs through the CLI (~40 s): the default suite covers its parts more cheaply (the budget stop in
+# tests/test_train.py, the JSON verdict in tests/test_cli.py, budget ranking in tests/test_leaderboard_budget.py).
+@pytest.mark.slow
 def test_run_json_prints_one_object_with_the_verdict_on_a_budget_track(tmp_path):
     """A budget track of 3 timed seconds: the steps follow the speed, the JSON carries runs, stats and verdict."""
     track = write_track(tmp_path, steps=10_000)
