@@ -15,8 +15,8 @@ GOLDEN = SHARED / "golden"
 DATA = SHARED / "data"
 PRETRAIN = DATA / "pretrain"
 # pytest-xdist hands a worker one whole file at a time, in collection order (pyproject's --dist loadfile). The
-# files of many whole runs go first, longest first, so neither of CI's two workers is left running one of them
-# while the other idles; the rest keep their order. Measured with --durations on 2 cores, 2026-12-01.
+# files of many whole runs go first, longest first, so no worker is left running one of them at the end
+# while the others idle; the rest keep their order. Measured with --durations on 2 cores, 2026-12-01.
 LONGEST_FILES = (
     "test_trust.py", "test_open_verification.py", "test_open_division.py", "test_harness.py", "test_cpu_speedrun.py",
     "test_train.py", "test_leaderboard_verify.py", "test_reproduction_e2e.py", "test_verdicts.py", "test_cli.py",
