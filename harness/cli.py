@@ -162,7 +162,10 @@ def _run(args):
     [campaign_file] = find_campaigns_of([run_dirs[0].name], args.runs_dir)
     campaign = verdicts.run_set(str(campaign_file), args.runs_dir)
     if args.json:
-        against = verdicts.run_set(args.against, args.runs_dir, track.name) if args.against else None
+        if args.against:
+            against = verdicts.run_set(args.against, args.runs_dir, track.name)
+        else:
+            against = verdicts.reference_set(track, args.runs_dir, campaign.label)
         print(json.dumps(_verdict_json(track, campaign, against), default=str))
     elif len(run_dirs) > 1:
         print(stats.format_summary(campaign.summary))
@@ -291,9 +294,9 @@ def _run_seeds(args, track):
     )
 
 
-def _verdict_json(track, campaign, against) -> dict:
-    """What `speedrun run --json` prints: the runs, their statistics, the verdict against the baseline or --against."""
-    base = against or (verdicts.baseline_set(track) if track.calibration.get("values") else None)
+def _verdict_json(track, campaign, base) -> dict:
+    """What `speedrun run --json` prints: the runs, their statistics, the verdict against `base` (the baseline, or
+    --against: harness/verdicts.py says which baseline)."""
     out = {
         "campaign": campaign.label,
         "track": track.name,
@@ -306,6 +309,7 @@ def _verdict_json(track, campaign, against) -> dict:
                 "status": r.status,
                 "value": r.result.value if r.result else None,
                 "train_time_s": r.timing.train_time_s if r.timing else None,
+                "steps": r.timing.steps if r.timing else None,  # on a budget track, what the machine's speed allowed
             }
             for r in campaign.records
         ],  # fmt: skip
@@ -521,7 +525,7 @@ def add_commands(sub) -> None:
     p.add_argument("--region", default=None, help="the cloud's region (--launcher sky)")
     p.add_argument("--no-launch", action="store_true", help="--launcher sky: build and check the tasks only")
     p.add_argument("--against", default=None, help="campaign, run or submission to compare with (default: the "
-                   "track's calibrated baseline)")  # fmt: skip
+                   "track's newest baseline campaign of 2+ seeds under --runs-dir, else its calibration)")  # fmt: skip
     p.add_argument("--server", default=None, help="a leaderboard: register the seeds there first, upload each run "
                    "as it ends (a failed one is reported: every seed counts)")  # fmt: skip
     p.add_argument("--token", default=os.environ.get("SPEEDRUN_TOKEN"), help="your API token for --server "

@@ -88,10 +88,13 @@ def _launch(module: str, args: list[str], run_dir: Path, env: dict, nproc: int, 
 
 
 class _Progress:
-    """One line: step/total, loss, tok/s, MFU, timed seconds and ETA, from the step events as they arrive."""
+    """One line: step/total, loss, tok/s, MFU, timed seconds and ETA, from the step events as they arrive.
+    On a budget track the timed seconds are what runs out (the step count is only a cap): step, then seconds
+    of the budget, and the ETA is the budget's rest."""
 
-    def __init__(self, total_steps: int, stream=None):
+    def __init__(self, total_steps: int, stream=None, budget_s: float | None = None):
         self.stream, self.total = stream or sys.stdout, total_steps  # looked up now: a caller may redirect it
+        self.budget_s = budget_s
         self.tty = self.stream.isatty()
         self.last_print = 0.0
         self.last: StepEvent | None = None
@@ -105,11 +108,14 @@ class _Progress:
         if e is None or not (self.tty or final or now - self.last_print > 10):
             return
         self.last_print = now
-        eta_s = (self.total - e.step - 1) * e.dt_s
+        timed = e.train_time_s or 0
+        if self.budget_s:
+            step, of_budget, eta_s = f"step {e.step + 1}", f" of {self.budget_s:g}s", max(self.budget_s - timed, 0)
+        else:
+            step, of_budget, eta_s = f"step {e.step + 1}/{self.total}", "", (self.total - e.step - 1) * e.dt_s
         line = (
-            f"step {e.step + 1}/{self.total} | loss {e.smooth_loss or float('nan'):.4f} | "
-            f"{e.tokens_per_s or 0:,.0f} tok/s | MFU {e.mfu or 0:.1f}% | timed {e.train_time_s or 0:.1f}s | "
-            f"ETA {eta_s / 60:.1f} min"
+            f"{step} | loss {e.smooth_loss or float('nan'):.4f} | {e.tokens_per_s or 0:,.0f} tok/s | "
+            f"MFU {e.mfu or 0:.1f}% | timed {timed:.1f}s{of_budget} | ETA {eta_s / 60:.1f} min"
         )
         print(
             ("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True
@@ -193,7 +199,7 @@ def execute(
     spec = read_spec(run_dir)
     env, launch = process_env(run_dir, spec), dict(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv)
     stages = _Stages()
-    progress = _Progress(record.plan["num_iterations"])
+    progress = _Progress(record.plan["num_iterations"], budget_s=record.track.budget_s)
     tracker = _open_tracker(log_to, run_dir, record)
     on_event = progress.update if tracker is None else lambda e: (progress.update(e), tracker.log_event(e))
     events_path = run_dir / record.files.events
@@ -439,11 +445,12 @@ def run(
     for run_dir in run_dirs:
         record = execute(run_dir, read_record(run_dir), nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv=rdzv,
                          log_to=log_to)  # fmt: skip
-        timed_s = record.timing.train_time_s if record.timing else 0.0
+        timed_s, steps = (record.timing.train_time_s, record.timing.steps) if record.timing else (0.0, 0)
+        # A budget track has no target to meet: what its steps reached in the budget is the result.
+        reached = f"{steps} steps" if track.kind == "budget" else f"target met: {record.result.target_met}"
         print(
             f"run {record.run_id}: {record.status}, timed {timed_s:.1f}s, "
-            f"{record.result.metric} {record.result.value}, target met: {record.result.target_met}"
-            + (f" ({record.error})" if record.error else "")
+            f"{record.result.metric} {record.result.value}, {reached}" + (f" ({record.error})" if record.error else "")
         )
         if record.status == "killed":  # the others stay registered: `speedrun resume RUN_ID` runs them later
             break

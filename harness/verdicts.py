@@ -8,8 +8,10 @@ A set of runs is named by a campaign (its id under runs/campaigns/, or its file)
 directory), or a submission name (its newest campaign). The verdict between two sets is
 protocol.stats.verdict, the rule the board's compare page uses too: on a time-to-target track it is
 about the timed seconds (both sets must meet the target first: the record rule, no misses); on a
-budget track it is about the metric. The track's own baseline, as calibrated in its file, is the
-default thing to compare with.
+budget track it is about the metric. What `run --json` compares with by default is the track's baseline
+as run on this machine: the newest baseline campaign of the track's version under the runs directory (2 seeds
+or more), else the calibration in the track file. Seconds, and on a budget track the metric too, depend on
+the machine and its load: a calibration taken elsewhere, or beside other work, is a weak reference for them.
 """
 
 from dataclasses import dataclass
@@ -58,6 +60,19 @@ def baseline_set(track: Track) -> RunSet:
         higher_is_better=track.target.higher_is_better,
     )  # fmt: skip
     return RunSet(f"{track.name} baseline (calibration)", values, times, None, records=[], summary=summary)
+
+
+def reference_set(track: Track, runs_dir: Path, candidate: str) -> RunSet | None:
+    """What `speedrun run --json` compares the campaign `candidate` with by default (see the module docstring)."""
+    found = []
+    for path in sorted((Path(runs_dir) / CAMPAIGNS_DIR).glob("*.json")):
+        c = read_campaign(path)
+        if (c.submission.name == "baseline" and c.track.name == track.name and c.track.version == track.version
+                and c.campaign_id != candidate and len(c.run_ids) >= 2):  # fmt: skip
+            found.append((c.created, path))
+    if found:
+        return run_set(str(max(found)[1]), runs_dir)
+    return baseline_set(track) if track.calibration.get("values") else None
 
 
 def _newest_campaign_of(submission: str, runs_dir: Path, track_name: str | None) -> Path | None:

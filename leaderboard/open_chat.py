@@ -13,12 +13,15 @@ costs a forward over the whole context (eval/open_generation.py).
 
 work_dir (storage_dir/chat-open/<bundle sha256>.<pid>/) holds the unpacked source, the model's own work dir
 (sandbox/, its cwd) and each start's log (log-N.txt, out of the model's reach), kept for an admin to read;
-the next load of the same run by the same process replaces it.
+the next load of the same run by the same process replaces it, and a load sweeps the work dirs of server
+processes that have ended (a restart would otherwise leave one per run and process behind).
 """
 
 import os
 import shutil
 from pathlib import Path
+
+import psutil
 
 import sandbox
 from baseline.checkpoint import read_meta
@@ -41,6 +44,17 @@ def work_dir_for(storage_dir: Path, run: Run) -> Path:
     return Path(storage_dir) / WORK_DIR / f"{run.bundle_sha256}.{os.getpid()}"
 
 
+def sweep_ended(storage_dir: Path) -> list[Path]:
+    """Remove the work dirs of server processes that are gone (work_dir_for's <sha256>.<pid>); return them."""
+    swept = []
+    for d in (Path(storage_dir) / WORK_DIR).glob("*.*"):
+        pid = d.name.rpartition(".")[2]
+        if d.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            swept.append(d)
+    return swept
+
+
 def load_engine(
     run: Run,
     bundle_dir: Path,
@@ -56,6 +70,7 @@ def load_engine(
     if why:
         raise RuntimeError(why)
     shutil.rmtree(work_dir, ignore_errors=True)  # an earlier load's
+    sweep_ended(work_dir.parent.parent)
     work_dir.mkdir(parents=True)
     ref = parse_record(run.record, where="the run's record").submission
     source = check_source(

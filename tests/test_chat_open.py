@@ -8,6 +8,8 @@ for token (this side samples), a closed model served beside it is untouched, and
 imported here. Without bubblewrap the open model is not served and both /v1/models and a request say why.
 """
 
+import os
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -196,3 +198,16 @@ def test_without_the_sandbox_the_open_model_is_not_served_and_says_why(open_run,
     r = srv.client.post("/v1/chat/completions", json={"model": name, "messages": HELLO})
     assert r.status_code == 503 and "apt-get install bubblewrap" in r.json()["detail"], r.text
     assert "\n" not in r.json()["detail"] and not (srv.settings.storage_dir / open_chat.WORK_DIR).exists()
+
+
+def test_a_load_sweeps_the_work_dirs_of_ended_server_processes(tmp_path):
+    """Each server process has its own work dir per served run: those of processes that ended go; a live
+    process's (this one's, a sibling worker's) stay, as does anything not named <sha256>.<pid>."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    root = tmp_path / open_chat.WORK_DIR
+    gone, live, other = root / f"{'a' * 64}.{ended.pid}", root / f"{'a' * 64}.{os.getpid()}", root / "notes.txt"
+    for d in (gone, live, other):
+        (d / "model").mkdir(parents=True)
+    assert open_chat.sweep_ended(tmp_path) == [gone]
+    assert not gone.exists() and live.is_dir() and other.is_dir()

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from harness import campaign, runner
-from protocol.events import read_events
+from protocol.events import StepEvent, read_events
 from protocol.record import read_record
 from protocol.tracks import load_track
 from submissions.contract import SubmissionError
@@ -88,6 +88,18 @@ def cache(tmp_path_factory, monkeypatch, pretrain_dir):
 def speedrun_cli(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "speedrun", *map(str, args)], env=env, cwd=REPO, **kwargs)
+
+
+def test_the_progress_line_counts_down_the_budget_on_a_budget_track(capsys):
+    """A budget track's step count is only a cap (100,000 on cpu-5min): the line shows the budget's seconds."""
+    event = StepEvent(wall=0.0, step=9, dt_s=3.0, smooth_loss=8.5, tokens_per_s=2800.0, mfu=0.0, train_time_s=30.0)
+    shared = "loss 8.5000 | 2,800 tok/s | MFU 0.0% | timed 30.0s"
+    for budget_s, shown in ((300.0, f"step 10 | {shared} of 300s | ETA 4.5 min"),
+                            (None, f"step 10/100000 | {shared} | ETA 4999.5 min")):  # fmt: skip
+        progress = runner._Progress(100_000, budget_s=budget_s)
+        progress.update(event)
+        progress.show(final=True)
+        assert capsys.readouterr().out == shown + "\n"
 
 
 def test_a_full_run_writes_a_complete_record(tmp_path):

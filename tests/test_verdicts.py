@@ -1,5 +1,6 @@
 """Verdicts between sets of runs: Welch's test against scipy, and `speedrun run --json` for a research loop."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,8 +9,11 @@ import sys
 import pytest
 from scipy import stats as sps
 
+from harness.verdicts import reference_set
 from protocol.stats import RunValues, compare, verdict
+from protocol.tracks import load_track
 from tests.conftest import REPO
+from tests.test_cli import _campaign
 from tests.test_harness import cache, write_track  # noqa: F401 -- the tokenizer cache fixture
 
 A = [2.401, 2.412, 2.395, 2.407, 2.399]
@@ -47,6 +51,22 @@ def test_the_times_decide_a_time_to_target_verdict_once_both_sets_meet_the_targe
     assert v["verdict"] == "worse" and v["time"] is None
 
 
+def test_the_default_reference_is_the_baseline_run_on_this_machine(tmp_path):
+    """`run --json` compares with the newest baseline campaign of the track's version here (its seconds come from
+    this machine), not with a calibration taken elsewhere; one seed, the candidate itself or another version
+    of the track are not a reference."""
+    track = dataclasses.replace(load_track("cpu-books"), version=1)  # the version tests/conftest's records carry
+    assert reference_set(track, tmp_path, "x").label == "cpu-books baseline (calibration)"  # nothing here yet
+    older = _campaign(tmp_path, "baseline", "20261101-000000", [2.13, 2.14], [226.0, 229.0])
+    newer = _campaign(tmp_path, "baseline", "20261201-000000", [2.12, 2.13, 2.13], [224.0, 227.0, 221.0])
+    _campaign(tmp_path, "baseline", "20261202-000000", [2.12], [225.0])  # one seed: no Welch test
+    _campaign(tmp_path, "my_idea", "20261203-000000", [2.10, 2.11], [200.0, 201.0])
+    assert reference_set(track, tmp_path, "my_idea").label == newer
+    assert reference_set(track, tmp_path, newer).label == older  # a baseline campaign is not its own reference
+    other_version = dataclasses.replace(track, version=2)
+    assert reference_set(other_version, tmp_path, "x").label == "cpu-books baseline (calibration)"
+
+
 BUDGET = """
 kind = "budget"
 
@@ -76,6 +96,6 @@ def test_run_json_prints_one_object_with_the_verdict_on_a_budget_track(tmp_path)
     verdict = json.loads(line)
     assert verdict["kind"] == "budget" and [r["seed"] for r in verdict["runs"]] == [1, 2]
     for r in verdict["runs"]:
-        assert r["status"] == "completed" and r["train_time_s"] >= 3.0 and r["value"] < 9.0
+        assert r["status"] == "completed" and r["train_time_s"] >= 3.0 and r["value"] < 9.0 and r["steps"] > 1
     assert verdict["against"].endswith("baseline (calibration)") and verdict["verdict"] == "better"
     assert verdict["comparison"]["metric"]["p_better"] < 0.01 and verdict["summary"]["n"] == 2
