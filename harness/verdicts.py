@@ -64,26 +64,25 @@ def baseline_set(track: Track) -> RunSet:
 
 def reference_set(track: Track, runs_dir: Path, candidate: str) -> RunSet | None:
     """What `speedrun run --json` compares the campaign `candidate` with by default (see the module docstring)."""
-    found = []
-    for path in sorted((Path(runs_dir) / CAMPAIGNS_DIR).glob("*.json")):
-        c = read_campaign(path)
-        if (c.submission.name == "baseline" and c.track.name == track.name and c.track.version == track.version
-                and c.campaign_id != candidate and len(c.run_ids) >= 2):  # fmt: skip
-            found.append((c.created, path))
-    if found:
-        return run_set(str(max(found)[1]), runs_dir)
+    newest = _newest_campaign(runs_dir, lambda c: (
+        c.submission.name == "baseline" and c.track.name == track.name and c.track.version == track.version
+        and c.campaign_id != candidate and len(c.run_ids) >= 2))  # fmt: skip
+    if newest is not None:
+        return run_set(str(newest), runs_dir)
     return baseline_set(track) if track.calibration.get("values") else None
 
 
 def _newest_campaign_of(submission: str, runs_dir: Path, track_name: str | None) -> Path | None:
-    found = []
-    for path in sorted((Path(runs_dir) / CAMPAIGNS_DIR).glob("*.json")):
-        c = read_campaign(path)
-        if c.submission.name == submission and (track_name is None or c.track.name == track_name):
-            found.append((c.created, path))
-    if not found:
-        return None
-    return max(found)[1]
+    return _newest_campaign(
+        runs_dir, lambda c: c.submission.name == submission and (track_name is None or c.track.name == track_name)
+    )
+
+
+def _newest_campaign(runs_dir: Path, keep) -> Path | None:
+    """The newest campaign file under runs_dir whose Campaign `keep` accepts, or None."""
+    found = [(c.created, path) for path in sorted((Path(runs_dir) / CAMPAIGNS_DIR).glob("*.json"))
+             if keep(c := read_campaign(path))]  # fmt: skip
+    return max(found)[1] if found else None
 
 
 def _summarized(label: str, records: list[RunRecord]) -> RunSet:
