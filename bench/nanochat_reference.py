@@ -24,6 +24,10 @@ comparison show our first step 1.8x nanochat's. `--cache cold` gives each side a
 per run; `--cache warm` primes each side's own directory with one unmeasured run first. `--pairs N`
 repeats the pair N times, alternating which side goes first (so drift in the machine's load does not
 favour one side), and prints each pair's ratios and their medians.
+
+`--lockstep` runs a pair's two sides at once, taking turns one timed step each (bench/lockstep.py): the
+VM's speed drifts by several percent over minutes, more than the two trainers differ, and in lock step
+step k of both sides meets the same machine. The per-step numbers come from the same log lines.
 """
 
 import argparse
@@ -36,9 +40,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bench.train_throughput import REPO_ROOT, add_arguments, ensure_tokenizer, format_report, summarize
+from bench import lockstep
+from bench.lockstep import Side
+from bench.train_throughput import REPO_ROOT, add_arguments, ensure_tokenizer, format_report, provenance, summarize
 from protocol.paths import cache_root
 
 DEFAULT_COMMIT = "92d63d4"
@@ -50,13 +57,19 @@ SHARED_VALUE_FLAGS = (  # add_arguments' flags that take a value, passed on to o
 
 # Runs in the child, with cwd = the nanochat tree; argv: compile flag (0/1), then base_train's flags.
 RUNNER = r"""
-import resource, runpy, sys, types
+import os, resource, runpy, sys, types
 compile_model = sys.argv[1] == "1"
 sys.argv = ["scripts/base_train.py", *sys.argv[2:]]
 sys.modules.setdefault("wandb", types.ModuleType("wandb"))  # only wandb.init with --run != dummy uses it
 if not compile_model:
     import torch
     torch.compile = lambda fn=None, **kw: fn if fn is not None else (lambda f: f)
+if os.environ.get("BENCH_LOCKSTEP"):  # --lockstep: base_train's only time.time calls are each step's t0 and t1
+    import importlib.util, time
+    spec = importlib.util.spec_from_file_location("bench_lockstep", os.environ["BENCH_LOCKSTEP_MODULE"])
+    lockstep = sys.modules["bench_lockstep"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lockstep)
+    lockstep.take_turns_around(time, "time", lockstep.Turns.from_env(), caller_file="scripts/base_train.py")
 runpy.run_module("scripts.base_train", run_name="__main__", alter_sys=True)
 print("BENCH_PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
 """
@@ -150,58 +163,82 @@ def run_streaming(cmd: list[str], **kw) -> list[str]:
     return lines
 
 
-def measure_reference(args: argparse.Namespace, extra_env: dict | None = None) -> dict:
+def reference_side(args: argparse.Namespace, extra_env: dict, workdir: Path) -> tuple[Side, Callable]:
+    """nanochat's run as a child to start, and the function that reads its numbers from its output."""
     commit = ensure_nanochat(args.nanochat, args.nanochat_git, args.nanochat_commit)
     tok_dir = ensure_tokenizer(args.data_dir, args.cache_dir, args.vocab_size, args.tokenizer_max_chars)
-    with tempfile.TemporaryDirectory(prefix="bench-nanochat-") as base:
-        base = Path(base)
-        (base / "base_data_climbmix").symlink_to(args.data_dir.resolve(), target_is_directory=True)
-        vocab = write_nanochat_tokenizer(tok_dir, base / "tokenizer")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of ours on its path
-        env.update(NANOCHAT_BASE_DIR=str(base), PYTHONUNBUFFERED="1", **(extra_env or {}))
-        cmd = [sys.executable, "-c", RUNNER, "1" if args.compile else "0", *base_train_flags(args)]
-        print(f"nanochat {commit[:12]}: python -m scripts.base_train {' '.join(cmd[4:])}", flush=True)
-        start = time.perf_counter()
-        lines = run_streaming(cmd, cwd=args.nanochat, env=env)
-        wall_s = time.perf_counter() - start
-    steps = {int(m[1]): m for line in lines if (m := STEP_LINE.match(line))}
-    if sorted(steps) != list(range(args.steps)):
-        raise SystemExit(f"parsed steps {sorted(steps)} from nanochat's log, expected 0..{args.steps - 1}")
-    flops = next(float(m[1]) for line in lines if (m := FLOPS_LINE.search(line)))
-    logged_vocab = next(int(m[1].replace(",", "")) for line in lines if (m := VOCAB_LINE.search(line)))
-    assert logged_vocab == vocab, f"nanochat loaded vocab {logged_vocab}, wrote {vocab}"
-    rss_kib = next(int(line.split()[1]) for line in lines if line.startswith("BENCH_PEAK_RSS_KIB"))
-    dts = [float(steps[i][3]) / 1000 for i in range(args.steps)]
-    mfus = [float(steps[i][4]) for i in range(args.steps)]
-    from bench.train_throughput import provenance
+    base = workdir / "nanochat-base-dir"
+    base.mkdir(parents=True)
+    (base / "base_data_climbmix").symlink_to(args.data_dir.resolve(), target_is_directory=True)
+    vocab = write_nanochat_tokenizer(tok_dir, base / "tokenizer")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of ours on its path
+    env.update(NANOCHAT_BASE_DIR=str(base), PYTHONUNBUFFERED="1", BENCH_LOCKSTEP_MODULE=lockstep.__file__)
+    env.update(extra_env)
+    cmd = [sys.executable, "-c", RUNNER, "1" if args.compile else "0", *base_train_flags(args)]
+    print(f"nanochat {commit[:12]}: python -m scripts.base_train {' '.join(cmd[4:])}", flush=True)
 
-    return dict(
-        impl=f"nanochat {commit[:7]}",
-        config=vars(args),
-        dtype="float32" if args.device == "cpu" else "bfloat16 (auto)",
-        status="completed",
-        flops_per_token=flops,
-        smooth_losses=[float(steps[i][2]) for i in range(args.steps)],  # debiased EMA, as logged
-        **summarize(dts, mfus, args.total_batch_size, flops),
-        peak_rss_gib=rss_kib / 2**20,
-        wall_s=wall_s,
-        tokenizer_dir=str(tok_dir),
-        nanochat_commit=commit,
-        provenance=provenance(args.device),
-    )
+    def finish(lines: list[str], wall_s: float) -> dict:
+        steps = {int(m[1]): m for line in lines if (m := STEP_LINE.match(line))}
+        if sorted(steps) != list(range(args.steps)):
+            raise SystemExit(f"parsed steps {sorted(steps)} from nanochat's log, expected 0..{args.steps - 1}")
+        flops = next(float(m[1]) for line in lines if (m := FLOPS_LINE.search(line)))
+        logged_vocab = next(int(m[1].replace(",", "")) for line in lines if (m := VOCAB_LINE.search(line)))
+        assert logged_vocab == vocab, f"nanochat loaded vocab {logged_vocab}, wrote {vocab}"
+        rss_kib = next(int(line.split()[1]) for line in lines if line.startswith("BENCH_PEAK_RSS_KIB"))
+        dts = [float(steps[i][3]) / 1000 for i in range(args.steps)]
+        mfus = [float(steps[i][4]) for i in range(args.steps)]
+        return dict(
+            impl=f"nanochat {commit[:7]}",
+            config=vars(args),
+            dtype="float32" if args.device == "cpu" else "bfloat16 (auto)",
+            status="completed",
+            flops_per_token=flops,
+            smooth_losses=[float(steps[i][2]) for i in range(args.steps)],  # debiased EMA, as logged
+            **summarize(dts, mfus, args.total_batch_size, flops),
+            peak_rss_gib=rss_kib / 2**20,
+            wall_s=wall_s,
+            tokenizer_dir=str(tok_dir),
+            nanochat_commit=commit,
+            provenance=provenance(args.device),
+        )
+
+    return Side("nanochat", cmd, str(args.nanochat), env), finish
 
 
-def measure_ours_in_child(args: argparse.Namespace, extra_env: dict | None = None) -> dict:
+def ours_side(args: argparse.Namespace, extra_env: dict, workdir: Path) -> tuple[Side, Callable]:
     """bench/train_throughput.py on the same config in its own process, so each side's peak RSS is its own."""
     flags = [
         *(f"--{name.replace('_', '-')}={getattr(args, name)}" for name in SHARED_VALUE_FLAGS),
         "--compile" if args.compile else "--no-compile",
     ]
-    with tempfile.TemporaryDirectory(prefix="bench-ours-json-") as tmp:
-        out = Path(tmp) / "ours.json"
-        cmd = [sys.executable, "-m", "bench.train_throughput", *flags, f"--json={out}"]
-        run_streaming(cmd, cwd=REPO_ROOT, env={**os.environ, **(extra_env or {})})
-        return json.loads(out.read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "ours.json"
+    cmd = [sys.executable, "-m", "bench.train_throughput", *flags, f"--json={out}"]
+    return Side("ours", cmd, str(REPO_ROOT), {**os.environ, **extra_env}), lambda _lines, _wall: json.loads(
+        out.read_text()
+    )
+
+
+SIDES = {"ours": ours_side, "reference": reference_side}
+
+
+def measure_alone(name: str, args: argparse.Namespace, extra_env: dict | None = None) -> dict:
+    """One side's run, alone on the machine."""
+    with tempfile.TemporaryDirectory(prefix="bench-side-") as tmp:
+        side, finish = SIDES[name](args, extra_env or {}, Path(tmp))
+        start = time.perf_counter()
+        lines = run_streaming(side.cmd, cwd=side.cwd, env=side.env)
+        return finish(lines, time.perf_counter() - start)
+
+
+def measure_in_lockstep(order: list[str], args: argparse.Namespace, envs: dict) -> dict:
+    """Both sides at once, taking turns step by step in `order` (bench/lockstep.py); wall_s is the pair's."""
+    with tempfile.TemporaryDirectory(prefix="bench-lockstep-") as tmp:
+        prepared = {name: SIDES[name](args, envs[name], Path(tmp) / name) for name in order}
+        start = time.perf_counter()
+        lockstep.run_in_lockstep([side for side, _ in prepared.values()])
+        wall_s = time.perf_counter() - start
+        return {name: finish(side.lines, wall_s) for name, (side, finish) in prepared.items()}
 
 
 def side_by_side_table(ours: dict, ref: dict) -> str:
@@ -239,25 +276,30 @@ PAIR_RATIOS = (  # (label, key): ours / nanochat per pair, then the median over 
 
 def measure_pair(args: argparse.Namespace, index: int, cache_root_dir: Path) -> dict:
     """One pair, each side with its own compile cache (fresh for cold, primed once for warm); odd pairs run
-    nanochat first."""
-    sides = {"ours": measure_ours_in_child, "reference": measure_reference}
+    nanochat first (with --lockstep: take the first turn)."""
     order = ["ours", "reference"] if index % 2 == 0 else ["reference", "ours"]
-    out = {"order": order, "cache": args.cache}
+    out = {"order": order, "cache": args.cache, "lockstep": args.lockstep}
+    envs = {}
     for side in order:
         directory = cache_root_dir / (f"{side}-{index}" if args.cache == "cold" else side)
-        env = compile_cache_env(directory)
+        envs[side] = compile_cache_env(directory)
         if args.cache == "warm" and not directory.exists():
             print(f"== priming {side}'s compile cache (not measured)", flush=True)
-            sides[side](args, env)
+            measure_alone(side, args, envs[side])
+    if args.lockstep:
+        print(f"== pair {index + 1}: both sides in lock step ({args.cache} compile caches)", flush=True)
+        return out | measure_in_lockstep(order, args, envs)
+    for side in order:
         print(f"== pair {index + 1}: {side} ({args.cache} compile cache)", flush=True)
-        out[side] = sides[side](args, env)
+        out[side] = measure_alone(side, args, envs[side])
     return out
 
 
 def pairs_table(pairs: list[dict]) -> str:
     """Each pair's ours/nanochat ratios and their medians."""
     head = f"{'ours / nanochat':20}" + "".join(f" {'pair ' + str(i + 1):>9}" for i in range(len(pairs)))
-    lines = [f"{pairs[0]['cache']} compile cache, {len(pairs)} pairs", head + f" {'median':>9}"]
+    how = "in lock step (one step each in turn)" if pairs[0]["lockstep"] else "one side after the other"
+    lines = [f"{pairs[0]['cache']} compile cache, {len(pairs)} pairs, {how}", head + f" {'median':>9}"]
     for label, key in PAIR_RATIOS:
         ratios = [p["ours"][key] / p["reference"][key] if p["reference"][key] else float("nan") for p in pairs]
         lines.append(f"{label:20}" + "".join(f" {r:>9.3f}" for r in ratios) + f" {statistics.median(ratios):>9.3f}")
@@ -275,6 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--side-by-side", action="store_true", help="run ours and nanochat; print both")
     parser.add_argument("--pairs", type=int, default=1, help="--side-by-side: this many pairs, alternating order")
     parser.add_argument(
+        "--lockstep", action="store_true", help="--side-by-side: run both sides at once, taking turns step by step"
+    )
+    parser.add_argument(
         "--cache", choices=["cold", "warm"], default="cold", help="each side's compile cache: fresh, or primed once"
     )
     args = parser.parse_args(argv)
@@ -285,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--nanochat {args.nanochat} is inside this repo: keep nanochat's code outside it")
     ensure_nanochat(args.nanochat, args.nanochat_git, args.nanochat_commit)  # fail before the long run
     if not args.side_by_side:
-        result = measure_reference(args)
+        result = measure_alone("reference", args)
         print(format_report(result))
     else:
         with tempfile.TemporaryDirectory(prefix="bench-compile-caches-") as caches:

@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.lockstep import Turns, take_turns_around
 from protocol.paths import cache_root
 from protocol.timing import NANOCHAT_UNTIMED_STEPS
 
@@ -146,6 +147,10 @@ def measure_ours(args: argparse.Namespace) -> dict:
         compile=args.compile,
     )
     runtime = init_runtime(args.device)
+    if (turns := Turns.from_env()) is not None:  # --lockstep: one timed step at a time with the other side
+        import baseline.train
+
+        take_turns_around(baseline.train, "synchronize", turns)  # it brackets every timed step, nothing else
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as out:
         result = train(config, runtime, data_dir=args.data_dir, tokenizer_dir=tok_dir, out_dir=out)
