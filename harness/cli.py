@@ -30,30 +30,12 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+# What the parsers need is imported here; each command imports what it runs, so that `speedrun --help` and the
+# light commands do not pay for torch.compile's, the runner's and the statistics' imports (seconds per call).
 from baseline import config as train_config
-from baseline.checkpoint import latest_checkpoint, read_meta
-from baseline.dataset import download_shards
-from baseline.device import destroy_runtime, init_runtime
-from baseline.tokenizer import train_from_shards
-from baseline.train import train
-from eval.bpb import val_bpb_evaluator
 from eval.run import add_arguments as add_eval_arguments
-from eval.run import main as eval_main
-from harness import verdicts
-from harness.calibrate import calibrate
-from harness.campaign import plan_campaign, register
 from harness.chat_tune import DEFAULT_DATA_DIR, DOLLY_URL, ChatTuneConfig, chat_tune, default_config, fetch_chat_data
-from harness.launchers import dispatch
-from harness.launchers.sky import SkyConfig
-from harness.launchers.slurm import SlurmConfig
-from harness.launchers.slurm import status as slurm_status
-from harness.local_board import board
-from harness.reproduce import reproduce
-from harness.runner import execute, follow, resume, run
-from harness.runner_machine import serve_jobs
-from harness.submit import register_campaign, submit
 from harness.trackers import TRACKERS, EventTee, open_tracker, require
-from protocol import stats
 from protocol.events import drop_from_step
 from protocol.record import (
     CAMPAIGNS_DIR,
@@ -65,7 +47,6 @@ from protocol.record import (
     read_record,
 )
 from protocol.tracks import format_tracks, list_tracks, load_track
-from submissions.scaffold import scaffold
 
 
 def _config(args):
@@ -74,15 +55,23 @@ def _config(args):
 
 
 def _data_download(args):
+    from baseline.dataset import download_shards
+
     download_shards(range(args.num_shards), args.data_dir)
 
 
 def _tokenizer_train(args):
+    from baseline.tokenizer import train_from_shards
+
     tok = train_from_shards(args.data_dir, args.out, args.vocab_size, args.max_chars, args.doc_cap)
     print(f"tokenizer with {tok.vocab_size} tokens written to {args.out}")
 
 
 def _train(args):
+    from baseline.device import destroy_runtime, init_runtime
+    from baseline.train import train
+    from eval.bpb import val_bpb_evaluator
+
     config = train_config.from_args(args)
     if args.log_to:
         require(args.log_to)
@@ -123,6 +112,8 @@ def _train(args):
 
 def _tee(out_dir: Path, resume: bool, tracker) -> EventTee:
     """events.jsonl as the trainer keeps it (a resume first drops the steps it will run again), teed to the tracker."""
+    from baseline.checkpoint import latest_checkpoint, read_meta
+
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume and (ckpt := latest_checkpoint(out_dir / "checkpoints")) is not None:
         drop_from_step(out_dir / "events.jsonl", read_meta(ckpt)["step"])
@@ -130,6 +121,8 @@ def _tee(out_dir: Path, resume: bool, tracker) -> EventTee:
 
 
 def _eval(args):
+    from eval.run import main as eval_main
+
     eval_main(args)
 
 
@@ -147,6 +140,9 @@ def _seeds(args) -> list[int]:
 
 
 def _run(args):
+    from harness import verdicts
+    from protocol import stats
+
     track = load_track(args.track)
     every = args.checkpoint_every if args.checkpoint_every is not None else DEFAULT_CHECKPOINT_MIN[track.hardware.kind]
     args.checkpoint_every_s = every * 60 if every else None
@@ -177,6 +173,8 @@ def _run(args):
 def _registrar(args):
     """--server: once the local checks pass, the server issues the campaign's name and run ids, before anything
     runs (every seed counts there)."""
+    from harness.submit import register_campaign
+
     if not args.token:
         raise ValueError(f"--server {NEEDS_TOKEN}")
     if args.max_steps is not None or args.unofficial or args.campaign_id:
@@ -196,6 +194,8 @@ def _registrar(args):
 def _upload_finished(args, run_dirs: list[Path]) -> None:
     """Upload every run that ended (a miss as its record alone). One that can still be resumed (killed,
     preempted) or never started waits: it is a miss only if it has not arrived by its deadline."""
+    from harness.submit import submit
+
     ended = [d for d in run_dirs if read_record(d).status not in ("registered", "running", "preempted", "killed")]
     submit(ended, args.server, args.token)
     if len(ended) < len(run_dirs):
@@ -208,6 +208,11 @@ def _upload_finished(args, run_dirs: list[Path]) -> None:
 
 def _launch_elsewhere(args, track):
     """--launcher slurm|sky: register (here for SLURM, on the machines for SkyPilot), submit, note the jobs."""
+    from harness.campaign import plan_campaign, register
+    from harness.launchers import dispatch
+    from harness.launchers.sky import SkyConfig
+    from harness.launchers.slurm import SlurmConfig
+
     if args.launcher == "slurm":
         config = SlurmConfig.from_toml(args.slurm_config, partition=args.partition, account=args.account)
         campaign, run_dirs = register(track, args.submission, seeds=_seeds(args), runs_dir=args.runs_dir,
@@ -234,6 +239,9 @@ def _launch_elsewhere(args, track):
 
 def _execute(args):
     """A registered run, where a job put it: node 0 runs and records it, other nodes follow (multi-node)."""
+    from harness.launchers import dispatch
+    from harness.runner import execute, follow
+
     nnodes, node_rank, rdzv = dispatch.node_topology()
     nnodes, node_rank, rdzv = args.nnodes or nnodes, args.node_rank if args.node_rank is not None else node_rank, (
         args.rdzv_endpoint or rdzv)  # fmt: skip
@@ -253,6 +261,8 @@ def _execute(args):
 
 def _status(args):
     """Every run of the named campaigns (or of every campaign): its record's status, and its job's where one runs."""
+    from harness.launchers.slurm import status as slurm_status
+
     paths = [find_campaign(n, args.runs_dir) or n for n in args.campaigns] or sorted(
         (args.runs_dir / CAMPAIGNS_DIR).glob("*.json"))  # fmt: skip
     for path in paths:
@@ -275,6 +285,8 @@ def _status(args):
 
 
 def _run_seeds(args, track):
+    from harness.runner import run
+
     return run(
         track,
         args.submission,
@@ -297,6 +309,8 @@ def _run_seeds(args, track):
 def _verdict_json(track, campaign, base) -> dict:
     """What `speedrun run --json` prints: the runs, their statistics, the verdict against `base` (the baseline, or
     --against: harness/verdicts.py says which baseline)."""
+    from protocol import stats
+
     out = {
         "campaign": campaign.label,
         "track": track.name,
@@ -325,11 +339,15 @@ def _verdict_json(track, campaign, base) -> dict:
 
 
 def _resume(args):
+    from harness.runner import resume
+
     record = resume(find_run(args.run, args.runs_dir))
     print(f"run {record.run_id}: {record.status}, timed {record.timing.train_time_s if record.timing else 0.0:.1f}s")
 
 
 def _print_stats(run_dirs, csv=None, json_out=None):
+    from protocol import stats
+
     records = [read_record(d) for d in run_dirs]
     track = records[0].track
     if any(r.track.name != track.name for r in records):
@@ -360,6 +378,9 @@ def _stats(args):
 
 
 def _compare(args):
+    from harness import verdicts
+    from protocol import stats
+
     a, b = (verdicts.run_set(name, args.runs_dir, args.track) for name in (args.a, args.b))
     track = b.records[0].track
     v = stats.verdict(a, b, kind=track.kind, higher_is_better=track.higher_is_better)
@@ -370,6 +391,8 @@ def _compare(args):
 
 
 def _calibrate(args):
+    from harness.calibrate import calibrate
+
     result = calibrate(load_track(args.track), _seeds(args), args.runs_dir, args.data_dir, args.shorter_seeds)
     print(
         f"{args.track}: {result['metric']} mean {result['mean']:.5f} ± {result['std']:.5f} over "
@@ -387,6 +410,8 @@ def _calibrate(args):
 
 
 def _new(args):
+    from submissions.scaffold import scaffold
+
     path = scaffold(args.name, open_division=args.open)
     print(f"created {path}: edit submission.py, then `speedrun run {args.name} --track cpu-books --seeds 3`")
 
@@ -404,6 +429,8 @@ def _chat_tune(args):
 
 
 def _submit(args):
+    from harness.submit import submit
+
     if not args.token:
         raise ValueError(f"speedrun submit {NEEDS_TOKEN}")
     ids = []
@@ -417,17 +444,23 @@ def _submit(args):
 
 
 def _reproduce(args):
+    from harness.reproduce import reproduce
+
     run_dir = reproduce(args.work_dir)
     record = read_record(run_dir)
     print(f"re-run {record.run_id}: {record.status}")
 
 
 def _runner(args):
+    from harness.runner_machine import serve_jobs
+
     n = serve_jobs(args.server, args.token, name=args.name, once=args.once, work_root=args.work_dir)
     print(f"runner: {n} reproduction jobs done")
 
 
 def _board(args):
+    from harness.local_board import board
+
     if not board([find_run(r, args.runs_dir) for r in args.runs], track_arg=args.track, data_dir=args.data_dir,
                  port=args.port, serve=not args.no_serve):  # fmt: skip
         sys.exit("speedrun: a run was not verified or the chat did not answer: see the lines above")

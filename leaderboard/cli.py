@@ -7,25 +7,32 @@ speedrun token create NAME --runner         # a runner machine's token (`speedru
 speedrun token revoke NAME                  # revoke every live token of NAME
 """
 
-from leaderboard.app import serve
-from leaderboard.tokens import create_token, revoke_tokens_cli
-from leaderboard.verifier import verify_worker
+# Each command imports what it runs: `speedrun` mounts these next to the runner's commands, and a runner's
+# `speedrun run` need not load the web app (about a second per call).
 
 
 def _serve(args):
+    from leaderboard.app import serve
+
     serve(args.host, args.port, workers=args.workers)
 
 
 def _verify(args):
+    from leaderboard.verifier import verify_worker
+
     n = verify_worker(once=not args.worker)
     print(f"finished {n} verification and reproduction jobs")
 
 
 def _token_create(args):
+    from leaderboard.tokens import create_token
+
     print(create_token(args.name, admin=args.admin, runner=args.runner))
 
 
 def _token_revoke(args):
+    from leaderboard.tokens import revoke_tokens_cli
+
     n = revoke_tokens_cli(args.name)
     print(f"revoked {n} token{'s' if n != 1 else ''} of {args.name}")
 

@@ -1,9 +1,12 @@
 """The `speedrun` command line: config, tokenizer training, compare, and one-line errors."""
 
 import json
+import subprocess
+import sys
 
 from baseline.config import TrainConfig, plan_training
 from baseline.tokenizer import Tokenizer
+from protocol.paths import REPO
 from protocol.record import Campaign, write_campaign, write_record
 from tests.conftest import minimal_record
 from tests.test_train import speedrun
@@ -40,6 +43,19 @@ def test_tokenizer_train_on_a_missing_dir_is_one_line(tmp_path):
     proc = speedrun("tokenizer", "train", "--data-dir", tmp_path / "nope", "--out", tmp_path / "tok")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
+
+
+# Imported by commands that run them, never by the parsers: torch.compile's machinery (through the trainer),
+# the statistics, the web app and the runner cost `speedrun --help` about 4 seconds on a 2-core machine.
+HEAVY_FOR_A_PARSER = ("torch._dynamo", "scipy.stats", "leaderboard.app", "harness.runner", "baseline.train")
+
+
+def test_the_command_line_loads_only_what_its_parsers_need():
+    probe = (
+        f"import sys, speedrun; speedrun.build_parser(); print([m for m in {HEAVY_FOR_A_PARSER!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"`speedrun` imports {out.stdout.strip()} before a command runs"
 
 
 def _campaign(runs_dir, submission: str, stamp: str, values: list[float], times: list[float]) -> str:
