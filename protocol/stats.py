@@ -245,6 +245,9 @@ def format_comparison(c: Mapping, what: str, unit: str = "") -> str:
     )
 
 
+DOES_NOT_QUALIFY = "does not qualify"  # a verdict: the candidate misses a time-to-target track's target
+
+
 @dataclass
 class RunValues:
     """One side of a verdict: what it reads of a set of runs (the runner's campaign, or a submission's counted
@@ -258,16 +261,18 @@ class RunValues:
 
 def verdict(a: RunValues, b: RunValues, *, kind: str, higher_is_better: bool) -> dict:
     """Is B better than A? The metric's comparison always; on a time-to-target track the times decide, once both
-    sets meet the target (a set that does not has no time to the target to compare); on a budget track the metric.
-    What `speedrun compare` and the board's compare page both say."""
+    sets meet the target (a set that does not has no time to the target to compare): a B that misses it "does
+    not qualify" (no seeds added can make it faster to a target it does not reach), an A that misses it leaves
+    the verdict inconclusive; on a budget track the metric. What `speedrun compare` and the board's compare page
+    both say."""
     metric = compare(a.values, b.values, lower_is_better=not higher_is_better)
     out = {"a": a.label, "b": b.label, "metric": metric, "time": None, "verdict": metric["verdict"], "reason": None}
     if kind == "time_to_target":
         out["time"] = compare(a.times, b.times, lower_is_better=True)
-        unmet = [s.label for s in (a, b) if s.meets_target is False]
+        unmet = [s for s in (b, a) if s.meets_target is False]
         if unmet:
-            out["verdict"] = "inconclusive"
-            out["reason"] = f"{unmet[0]} does not meet the target (p < {RECORD_P_VALUE}, no misses)"
+            out["verdict"] = DOES_NOT_QUALIFY if unmet[0] is b else "inconclusive"
+            out["reason"] = f"{unmet[0].label} does not meet the target (p < {RECORD_P_VALUE}, no misses)"
         else:
             out["verdict"] = out["time"]["verdict"]
     return out

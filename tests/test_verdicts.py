@@ -42,7 +42,10 @@ def test_the_times_decide_a_time_to_target_verdict_once_both_sets_meet_the_targe
     assert v["verdict"] == "better" and v["metric"]["verdict"] == "worse"  # faster, though its val bpb is worse
     assert verdict(fast, slow, kind="time_to_target", higher_is_better=False)["verdict"] == "worse"
     missed = RunValues("missed", fast.values, fast.times, meets_target=False)
-    v = verdict(slow, missed, kind="time_to_target", higher_is_better=False)
+    v = verdict(slow, missed, kind="time_to_target", higher_is_better=False)  # faster, but not to the target
+    assert v["verdict"] == "does not qualify" and v["reason"].startswith("missed does not meet the target")
+    assert verdict(missed, missed, kind="time_to_target", higher_is_better=False)["verdict"] == "does not qualify"
+    v = verdict(missed, slow, kind="time_to_target", higher_is_better=False)  # the reference misses it: no verdict
     assert v["verdict"] == "inconclusive" and v["reason"].startswith("missed does not meet the target")
     calibrated = RunValues("baseline (calibration)", B, slow.times, meets_target=None)  # values only: not judged
     assert verdict(calibrated, fast, kind="time_to_target", higher_is_better=False)["verdict"] == "better"
