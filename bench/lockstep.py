@@ -134,13 +134,12 @@ def _expect(side: Side, message: bytes, or_exit: bool = False) -> bool:
     end open after it exits, so its exit is polled rather than read as end-of-file."""
     while True:
         ready, _, _ = select.select([side.from_child], [], [], 0.5)
-        if ready:
-            got = os.read(side.from_child, 1)
-            if got == message:
-                return True
-            if got:
-                raise SystemExit(f"lockstep: {side.name} sent {got!r}, expected {message!r}")
-        if (ready and not got) or side.proc.poll() is not None:
+        got = os.read(side.from_child, 1) if ready else None  # b"": end of file
+        if got == message:
+            return True
+        if got:
+            raise SystemExit(f"lockstep: {side.name} sent {got!r}, expected {message!r}")
+        if got == b"" or side.proc.poll() is not None:
             side.proc.wait()
             if or_exit and side.proc.returncode == 0:
                 return False

@@ -214,9 +214,11 @@ def ours_side(args: argparse.Namespace, extra_env: dict, workdir: Path) -> tuple
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "ours.json"
     cmd = [sys.executable, "-m", "bench.train_throughput", *flags, f"--json={out}"]
-    return Side("ours", cmd, str(REPO_ROOT), {**os.environ, **extra_env}), lambda _lines, _wall: json.loads(
-        out.read_text()
-    )
+
+    def finish(_lines: list[str], _wall_s: float) -> dict:
+        return json.loads(out.read_text())  # the child's own report (bench/train_throughput.py --json)
+
+    return Side("ours", cmd, str(REPO_ROOT), {**os.environ, **extra_env}), finish
 
 
 SIDES = {"ours": ours_side, "reference": reference_side}
